@@ -1,0 +1,173 @@
+"""Run settings, their validation and memory estimates, shared by the command line and the apps."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from resnet_limits.tasks import ACTIVATIONS, TASKS, get_task
+
+DTYPES = ("float32", "float64")
+
+# Default cap on the estimated memory of one run. It keeps a run inside a small Binder session.
+DEFAULT_MEMORY_BUDGET_BYTES = 2 * 2**30
+
+
+class ConfigError(ValueError):
+    """An invalid run setting; the message names the value and how to fix it."""
+
+
+class MemoryBudgetError(ConfigError):
+    """A run whose memory estimate exceeds the budget."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitSettings:
+    """Discretisation of the Mean ODE particle simulator."""
+
+    depth_points: int = 64  # L', depth points in s in [0, 1]
+    particles: int = 4096  # M', particles per depth point (an even number: antithetic pairs)
+    seed: int = 0  # seed of the particles, independent of the network's seed
+
+    def validate(self) -> LimitSettings:
+        check_positive_int("depth_points", self.depth_points, "--limit-depth")
+        check_positive_int("particles", self.particles, "--limit-particles")
+        if self.particles % 2:
+            raise ConfigError(
+                f"particles must be even (antithetic pairs), got {self.particles}; "
+                f"use {self.particles + 1}"
+            )
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One training run: the task, the shape (L, M, D), K steps and the training settings.
+
+    Fields left as None take the task's default.
+    """
+
+    task: str = "paper-tanh"
+    L: int = 16  # depth: number of residual blocks
+    M: int = 64  # hidden width: units per block
+    D: int = 64  # embedding dimension of the residual stream
+    K: int | None = None  # gradient steps
+    learning_rate: float | None = None  # eta; the raw step is eta L M D / alpha^2
+    alpha: float | None = None  # residual scale; 1 is the MLU regime
+    activation: str | None = None  # "tanh" or "identity"
+    seed: int = 0  # draws the embeddings and the unit weights
+    dtype: str = "float32"
+
+    def resolved(self) -> RunConfig:
+        """Return a copy with the task defaults filled in, after validating every field."""
+        if self.task not in TASKS:
+            known = ", ".join(sorted(TASKS))
+            raise ConfigError(f"unknown task {self.task!r}; choose one of: {known}")
+        task = get_task(self.task)
+        config = dataclasses.replace(
+            self,
+            K=task.steps if self.K is None else self.K,
+            learning_rate=task.learning_rate if self.learning_rate is None else self.learning_rate,
+            alpha=task.alpha if self.alpha is None else self.alpha,
+            activation=task.activation if self.activation is None else self.activation,
+        )
+        config._validate()
+        return config
+
+    def _validate(self) -> None:
+        check_positive_int("L", self.L, "--depth")
+        check_positive_int("M", self.M, "--width")
+        check_positive_int("D", self.D, "--dim")
+        check_positive_int("K", self.K, "--steps")
+        check_positive_float("learning_rate", self.learning_rate, "--lr")
+        check_positive_float("alpha", self.alpha, "--alpha")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"unknown activation {self.activation!r}; choose one of: {', '.join(ACTIVATIONS)}"
+            )
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+    @property
+    def num_parameters(self) -> int:
+        """P = L M D, the parameter count that the bound is stated in."""
+        return self.L * self.M * self.D
+
+
+def check_positive_int(name: str, value, option: str) -> int:
+    """Raise ConfigError unless ``value`` is a positive integer; ``option`` names the setting."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}; set {option} to 1 or more")
+    if value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value}; set {option} to 1 or more")
+    return value
+
+
+def check_positive_float(name: str, value, option: str) -> float:
+    """Raise ConfigError unless ``value`` is a positive finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a positive number, got {value!r}; set {option}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(
+            f"{name} must be positive and finite, got {value}; set {option} to a value such as 0.1"
+        )
+    return float(value)
+
+
+def bytes_per_float(dtype: str) -> int:
+    return 8 if dtype == "float64" else 4
+
+
+def estimate_training_bytes(L: int, M: int, D: int, N: int, K: int, dtype: str) -> int:
+    """Estimate the peak memory of training, in bytes.
+
+    Counts U and V with their gradients and the updated copies (six L D M arrays), the
+    per-block activations that the backward pass keeps (H, P and sigma(P) for N samples), and the
+    stored trajectory of H_L over K + 1 steps. XLA's workspace and the Python process come on top.
+    """
+    floats = 6 * L * D * M + 2 * L * N * (D + 2 * M) + (K + 1) * D * N
+    return bytes_per_float(dtype) * floats
+
+
+def check_memory(
+    config: RunConfig,
+    num_samples: int,
+    limit: LimitSettings,
+    span_dim: int,
+    budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+) -> int:
+    """Return the memory estimate of a run with its limits; raise MemoryBudgetError above the budget."""
+    training = estimate_training_bytes(
+        config.L, config.M, config.D, num_samples, config.K, config.dtype
+    )
+    simulator = estimate_training_bytes(
+        limit.depth_points, limit.particles, span_dim, num_samples, config.K, config.dtype
+    )
+    estimate = max(training, simulator)
+    if estimate > budget_bytes:
+        raise MemoryBudgetError(
+            f"shape L={config.L}, M={config.M}, D={config.D} needs about "
+            f"{estimate / 2**30:.2f} GiB, over the memory budget of {budget_bytes / 2**30:.2f} GiB; "
+            "reduce L, M or D, or raise the budget (--memory-budget on the command line)"
+        )
+    return estimate
+
+
+def jax_dtype(name: str):
+    """Return the JAX dtype called ``name``, enabling 64-bit mode for "float64".
+
+    JAX computes in float32 unless x64 is on; turning it on is global, and this library passes
+    dtypes explicitly everywhere, so float32 runs are unaffected.
+    """
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}")
+    if name == "float64":
+        if not jax.config.jax_enable_x64:
+            jax.config.update("jax_enable_x64", True)
+        return jnp.float64
+    return jnp.float32

@@ -1,0 +1,27 @@
+"""Limit simulators: the fixed-D Mean ODE and the large-D limit."""
+
+from resnet_limits.limits.mean_ode import (
+    FIXED_DIM,
+    LARGE_DIM,
+    SpanProblem,
+    fixed_dim_problem,
+    large_dim_basis,
+    large_dim_problem,
+    limit_steps,
+    particle_system,
+    simulate_limit,
+    to_stream,
+)
+
+__all__ = [
+    "FIXED_DIM",
+    "LARGE_DIM",
+    "SpanProblem",
+    "fixed_dim_problem",
+    "large_dim_basis",
+    "large_dim_problem",
+    "limit_steps",
+    "particle_system",
+    "simulate_limit",
+    "to_stream",
+]

@@ -1,0 +1,124 @@
+"""Full-batch gradient descent on the unit weights U and V, step by step.
+
+The raw learning rate is eta L M / (alpha^2 metric), which is eta L M D / alpha^2 for the finite
+network. Under it the per-unit updates are O(1) as L, M and D grow:
+
+    u_j <- u_j - (eta / alpha) sum_n h_n sigma'(p_jn) q_jn,   q = V^T B / D
+    v_j <- v_j - (eta / alpha) sum_n b_n sigma(p_jn),          B = D dJ/dH
+
+Step k is the forward pass after k updates; step 0 is the initialisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from resnet_limits.models import MLUResNet
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRecord:
+    """The forward pass at step k: loss, output f (d_out x N) and last stream H_L (D x N)."""
+
+    step: int
+    loss: float
+    f_DoutxN: np.ndarray
+    h_DxN: np.ndarray
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.isfinite(self.loss)) and bool(np.all(np.isfinite(self.h_DxN)))
+
+
+@dataclasses.dataclass
+class Trajectory:
+    """Steps 0..k of one training run, and the step at which it diverged, if it did."""
+
+    loss_K: np.ndarray
+    f_KxDoutxN: np.ndarray
+    h_KxDxN: np.ndarray
+    diverged_at: int | None = None
+
+    @classmethod
+    def from_records(cls, records: list[StepRecord], last: StepRecord) -> Trajectory:
+        """Collect the finite ``records``; ``last`` is the final record seen, finite or not."""
+        diverged_at = None if last.finite else last.step
+        return cls(
+            loss_K=np.array([r.loss for r in records]),
+            f_KxDoutxN=np.array([r.f_DoutxN for r in records]).reshape(-1, *last.f_DoutxN.shape),
+            h_KxDxN=np.array([r.h_DxN for r in records]).reshape(-1, *last.h_DxN.shape),
+            diverged_at=diverged_at,
+        )
+
+    @property
+    def num_steps(self) -> int:
+        """Number of gradient updates recorded (the last step index)."""
+        return len(self.loss_K) - 1
+
+
+def mean_squared_loss(f_DoutxN: jax.Array, y_DoutxN: jax.Array, loss_scale: float) -> jax.Array:
+    """Return J = c / (2 N) sum_n ||f_n - y_n||^2."""
+    num_samples = y_DoutxN.shape[1]
+    return loss_scale / (2 * num_samples) * jnp.sum((f_DoutxN - y_DoutxN) ** 2)
+
+
+@jax.jit(static_argnums=0)
+def _gradient_step(graphdef, params, frozen, x_DinxN, y_DoutxN, loss_scale, raw_learning_rate):
+    """Return the loss, f and H_L at ``params`` and the parameters after one gradient step."""
+
+    def loss_fn(trainable):
+        model = nnx.merge(graphdef, trainable, frozen)
+        f_DoutxN, h_DxN = model(x_DinxN)
+        return mean_squared_loss(f_DoutxN, y_DoutxN, loss_scale), (f_DoutxN, h_DxN)
+
+    (loss, (f_DoutxN, h_DxN)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    new_params = jax.tree.map(lambda p, g: p - raw_learning_rate * g, params, grads)
+    return new_params, loss, f_DoutxN, h_DxN
+
+
+def training_steps(
+    model: MLUResNet,
+    x_DinxN,
+    y_DoutxN,
+    *,
+    steps: int,
+    learning_rate: float,
+    loss_scale: float,
+) -> Iterator[StepRecord]:
+    """Train ``model`` in place for ``steps`` updates and yield the forward pass of each step 0..K.
+
+    The iterator stops after the first step whose loss or stream is not finite, so a caller sees
+    a diverged run as a last record with ``finite`` False.
+    """
+    graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
+    dtype = model.u.dtype
+    x_DinxN = jnp.asarray(x_DinxN, dtype)
+    y_DoutxN = jnp.asarray(y_DoutxN, dtype)
+    raw_learning_rate = jnp.asarray(learning_rate * model.learning_rate_multiplier(), dtype)
+    loss_scale = jnp.asarray(loss_scale, dtype)
+
+    for step in range(steps + 1):
+        new_params, loss, f_DoutxN, h_DxN = _gradient_step(
+            graphdef, params, frozen, x_DinxN, y_DoutxN, loss_scale, raw_learning_rate
+        )
+        record = StepRecord(step, float(loss), np.asarray(f_DoutxN), np.asarray(h_DxN))
+        yield record
+        if not record.finite or step == steps:
+            break
+        params = new_params
+        nnx.update(model, params)
+
+
+def train(model: MLUResNet, x_DinxN, y_DoutxN, **kwargs) -> Trajectory:
+    """Train ``model`` and return its trajectory; keyword arguments as for ``training_steps``."""
+    records = []
+    for record in training_steps(model, x_DinxN, y_DoutxN, **kwargs):
+        if record.finite:
+            records.append(record)
+    return Trajectory.from_records(records, last=record)
