@@ -22,18 +22,25 @@ from flax import nnx
 from resnet_limits.models import MLUResNet
 
 
+# A run counts as diverged once its loss exceeds the initial loss by this factor, even while
+# the numbers are still finite: gradient descent that grows the loss a millionfold has left
+# the regime that the limits describe.
+DIVERGENCE_FACTOR = 1e6
+
+
 @dataclasses.dataclass(frozen=True)
 class StepRecord:
-    """The forward pass at step k: loss, output f (d_out x N) and last stream H_L (D x N)."""
+    """The forward pass at step k: loss, output f (d_out x N) and last stream H_L (D x N).
+
+    ``diverged`` is True when the loss or the stream is not finite, or the loss exceeds
+    DIVERGENCE_FACTOR times the loss at step 0.
+    """
 
     step: int
     loss: float
     f_DoutxN: np.ndarray
     h_DxN: np.ndarray
-
-    @property
-    def finite(self) -> bool:
-        return bool(np.isfinite(self.loss)) and bool(np.all(np.isfinite(self.h_DxN)))
+    diverged: bool = False
 
 
 @dataclasses.dataclass
@@ -47,8 +54,8 @@ class Trajectory:
 
     @classmethod
     def from_records(cls, records: list[StepRecord], last: StepRecord) -> Trajectory:
-        """Collect the finite ``records``; ``last`` is the final record seen, finite or not."""
-        diverged_at = None if last.finite else last.step
+        """Collect the records before divergence; ``last`` is the final record seen."""
+        diverged_at = last.step if last.diverged else None
         return cls(
             loss_K=np.array([r.loss for r in records]),
             f_KxDoutxN=np.array([r.f_DoutxN for r in records]).reshape(-1, *last.f_DoutxN.shape),
@@ -93,8 +100,8 @@ def training_steps(
 ) -> Iterator[StepRecord]:
     """Train ``model`` in place for ``steps`` updates and yield the forward pass of each step 0..K.
 
-    The iterator stops after the first step whose loss or stream is not finite, so a caller sees
-    a diverged run as a last record with ``finite`` False.
+    The iterator stops after the first diverged step, so a caller sees a diverged run as a last
+    record with ``diverged`` True; the model then holds the parameters of that step.
     """
     graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
     dtype = model.u.dtype
@@ -103,13 +110,19 @@ def training_steps(
     raw_learning_rate = jnp.asarray(learning_rate * model.learning_rate_multiplier(), dtype)
     loss_scale = jnp.asarray(loss_scale, dtype)
 
+    divergence_level = None
     for step in range(steps + 1):
         new_params, loss, f_DoutxN, h_DxN = _gradient_step(
             graphdef, params, frozen, x_DinxN, y_DoutxN, loss_scale, raw_learning_rate
         )
-        record = StepRecord(step, float(loss), np.asarray(f_DoutxN), np.asarray(h_DxN))
+        loss = float(loss)
+        h_DxN = np.asarray(h_DxN)
+        if divergence_level is None:
+            divergence_level = DIVERGENCE_FACTOR * max(loss, np.finfo(np.float32).tiny)
+        diverged = not (np.isfinite(loss) and np.all(np.isfinite(h_DxN))) or loss > divergence_level
+        record = StepRecord(step, loss, np.asarray(f_DoutxN), h_DxN, diverged)
         yield record
-        if not record.finite or step == steps:
+        if diverged or step == steps:
             break
         params = new_params
         nnx.update(model, params)
@@ -119,6 +132,6 @@ def train(model: MLUResNet, x_DinxN, y_DoutxN, **kwargs) -> Trajectory:
     """Train ``model`` and return its trajectory; keyword arguments as for ``training_steps``."""
     records = []
     for record in training_steps(model, x_DinxN, y_DoutxN, **kwargs):
-        if record.finite:
+        if not record.diverged:
             records.append(record)
     return Trajectory.from_records(records, last=record)

@@ -172,7 +172,7 @@ def simulate_limit(problem: SpanProblem, task: Task, settings: LimitSettings, **
     """Return the limit's trajectory: loss, f and the coefficients a(1) (in ``h_KxDxN``) per step."""
     records = []
     for record in limit_steps(problem, task, settings, **kwargs):
-        if record.finite:
+        if not record.diverged:
             records.append(record)
     return Trajectory.from_records(records, last=record)
 

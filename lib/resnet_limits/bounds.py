@@ -1,0 +1,186 @@
+"""The error bound, its terms, and the shapes that minimise it for a parameter budget.
+
+Chaintron, Chizat and Maass, "ResNets of All Shapes and Sizes" (arXiv 2603.18168), bound the
+embedding error of a ResNet of depth L, width M and embedding dimension D after a bounded number
+of steps by
+
+    err <= C (1/L + sqrt(D / (L M)) + 1/sqrt(D)).
+
+Their experiments observed the output error to follow D / (L M) in place of sqrt(D / (L M)).
+Each term is a power law L^e_L M^e_M D^e_D, so along L = P^a, M = P^b, D = P^c with
+P = L M D the bound decays as P^(-rate) with rate = min over terms of -(e_L a + e_M b + e_D c).
+``optimal_exponents`` maximises that rate by linear programming: it gives (1/6, 1/2, 1/3) and
+P^(-1/6) for the embedding error, (1/5, 2/5, 2/5) and P^(-1/5) for the output error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from scipy import optimize
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundTerm:
+    """One power-law term L^e_L M^e_M D^e_D of the bound."""
+
+    name: str  # "depth", "width" or "embedding"
+    formula: str  # for display, e.g. "sqrt(D/(L M))"
+    exponents: tuple[float, float, float]  # (e_L, e_M, e_D)
+
+    def value(self, L, M, D):
+        e_L, e_M, e_D = self.exponents
+        return np.power(L, e_L, dtype=float) * np.power(M, e_M, dtype=float) * np.power(D, e_D, dtype=float)
+
+
+DEPTH_TERM = BoundTerm("depth", "1/L", (-1.0, 0.0, 0.0))
+WIDTH_TERM = BoundTerm("width", "sqrt(D/(L M))", (-0.5, -0.5, 0.5))
+OUTPUT_WIDTH_TERM = BoundTerm("width", "D/(L M)", (-1.0, -1.0, 1.0))
+EMBEDDING_TERM = BoundTerm("embedding", "1/sqrt(D)", (0.0, 0.0, -0.5))
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorLaw:
+    """An error model: constants times bound terms.
+
+    ``bound`` sums the terms as the theorem does. ``predict`` combines them as a root sum of
+    squares, which is how the fitted constants were obtained.
+    """
+
+    name: str
+    terms: tuple[BoundTerm, ...]
+    constants: tuple[float, ...]
+
+    def term_values(self, L, M, D) -> dict[str, float]:
+        """Return each term without its constant, keyed by term name."""
+        return {term.name: term.value(L, M, D) for term in self.terms}
+
+    def bound(self, L, M, D):
+        return sum(c * term.value(L, M, D) for c, term in zip(self.constants, self.terms))
+
+    def predict(self, L, M, D):
+        return np.sqrt(sum((c * term.value(L, M, D)) ** 2 for c, term in zip(self.constants, self.terms)))
+
+
+# Width and embedding constants are the fits of arXiv 2603.18168 on paper-tanh at L = 50 (embedding
+# error about 0.8 sqrt(D/(L M)) and 2.5/sqrt(D); output error about 0.15 D/(L M) and 0.9/sqrt(D)).
+# Depth constants are the Euler bias of the large-D limit of paper-tanh measured with this
+# library's simulator: err * L at L = 16 (benchmarks/depth_constant.py, results in
+# benchmarks/README.md).
+EMBEDDING_DEPTH_CONSTANT = 0.14
+OUTPUT_DEPTH_CONSTANT = 0.10
+
+EMBEDDING_LAW = ErrorLaw(
+    "embedding", (DEPTH_TERM, WIDTH_TERM, EMBEDDING_TERM), (EMBEDDING_DEPTH_CONSTANT, 0.8, 2.5)
+)
+OUTPUT_LAW = ErrorLaw(
+    "output", (DEPTH_TERM, OUTPUT_WIDTH_TERM, EMBEDDING_TERM), (OUTPUT_DEPTH_CONSTANT, 0.15, 0.9)
+)
+
+
+def bound_terms(L, M, D) -> dict[str, float]:
+    """Return the embedding bound's terms 1/L, sqrt(D/(L M)) and 1/sqrt(D), without constants."""
+    return {name: float(value) for name, value in EMBEDDING_LAW.term_values(L, M, D).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeExponents:
+    """L = P^depth, M = P^width, D = P^dim; the bound then decays as P^(-rate)."""
+
+    depth: float
+    width: float
+    dim: float
+    rate: float
+
+
+def optimal_exponents(terms: tuple[BoundTerm, ...]) -> ShapeExponents:
+    """Return the exponents (a, b, c), a + b + c = 1, under which the slowest term decays fastest.
+
+    First solves: maximise t subject to -(e_L a + e_M b + e_D c) >= t for every term,
+    a + b + c = 1 and a, b, c >= 0. The maximiser is not unique, because L and M enter the width
+    term only through L M while L also shrinks the depth term, so a second program takes the
+    least depth exponent among the maximisers, as arXiv 2603.18168 does.
+    """
+    # Variables (a, b, c, t); linprog minimises.
+    upper_rows = np.array([[*term.exponents, 1.0] for term in terms])  # e . x + t <= 0
+    upper_bounds = np.zeros(len(terms))
+    equal_rows, equal_bounds = np.array([[1.0, 1.0, 1.0, 0.0]]), np.array([1.0])
+    variable_bounds = [(0, 1), (0, 1), (0, 1), (None, None)]
+
+    best_rate = _solve_linear_program(
+        [0.0, 0.0, 0.0, -1.0], upper_rows, upper_bounds, equal_rows, equal_bounds, variable_bounds
+    )[3]
+    rate_row = np.array([[0.0, 0.0, 0.0, -1.0]])  # t >= best_rate, less rounding slack
+    a, b, c, rate = _solve_linear_program(
+        [1.0, 0.0, 0.0, 0.0],
+        np.vstack([upper_rows, rate_row]),
+        np.append(upper_bounds, -(best_rate - 1e-12)),
+        equal_rows,
+        equal_bounds,
+        variable_bounds,
+    )
+    return ShapeExponents(depth=float(a), width=float(b), dim=float(c), rate=float(rate))
+
+
+def _solve_linear_program(objective, upper_rows, upper_bounds, equal_rows, equal_bounds, variable_bounds):
+    result = optimize.linprog(
+        np.asarray(objective, float),
+        A_ub=upper_rows,
+        b_ub=upper_bounds,
+        A_eq=equal_rows,
+        b_eq=equal_bounds,
+        bounds=variable_bounds,
+        method="highs",
+    )
+    if not result.success:
+        raise RuntimeError(f"linear program for the optimal exponents failed: {result.message}")
+    return result.x
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """An integer shape with its parameter count and the law's bound there."""
+
+    L: int
+    M: int
+    D: int
+    bound: float
+
+    @property
+    def num_parameters(self) -> int:
+        return self.L * self.M * self.D
+
+
+def balanced_shape(budget: float, law: ErrorLaw = EMBEDDING_LAW) -> tuple[float, float, float]:
+    """Return the real shape (L, M, D) with L M D = ``budget`` at which every term of ``law``,
+    constant included, has the same value.
+
+    In logarithms the conditions log c_i + e_i . (log L, log M, log D) = log t and
+    log L + log M + log D = log P are linear, so one solve gives the shape. Its exponents in P are
+    those of ``optimal_exponents`` (1/6, 1/2, 1/3 for the embedding law).
+    """
+    if not math.isfinite(budget) or budget < 1:
+        raise ValueError(f"parameter budget must be a finite number >= 1, got {budget}")
+    if len(law.terms) != 3:
+        raise ValueError(f"a balanced shape needs exactly three terms, law {law.name!r} has {len(law.terms)}")
+    # Unknowns (log L, log M, log D, log t).
+    rows = [[*term.exponents, -1.0] for term in law.terms] + [[1.0, 1.0, 1.0, 0.0]]
+    right = [-math.log(c) for c in law.constants] + [math.log(budget)]
+    log_L, log_M, log_D, _ = np.linalg.solve(np.array(rows), np.array(right))
+    return math.exp(log_L), math.exp(log_M), math.exp(log_D)
+
+
+def optimal_shape(budget: float, law: ErrorLaw = EMBEDDING_LAW) -> Shape:
+    """Return the integer shape of about ``budget`` parameters that balances the terms of ``law``.
+
+    The bound alone is smallest at M = 1 for every budget (see ``optimal_exponents``); the
+    balanced shape is the one with the least depth among the shapes that reach the optimal rate.
+    L and D are rounded (at least 1) and M = round(budget / (L D)), at least 1.
+    """
+    L_real, _, D_real = balanced_shape(budget, law)
+    L = max(1, round(L_real))
+    D = max(1, round(D_real))
+    M = max(1, round(budget / (L * D)))
+    return Shape(L, M, D, float(law.bound(L, M, D)))

@@ -1,0 +1,259 @@
+"""The ``resnet-limits`` command: train a network against its limits, or simulate a limit alone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+from resnet_limits import __version__
+from resnet_limits.config import (
+    ACTIVATIONS,
+    DEFAULT_MEMORY_BUDGET_BYTES,
+    DTYPES,
+    ConfigError,
+    LimitSettings,
+    RunConfig,
+    check_memory,
+    check_positive_float,
+    check_positive_int,
+)
+from resnet_limits.tasks import TASKS
+
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", default="paper-tanh", choices=sorted(TASKS), help="task (default: paper-tanh)")
+    parser.add_argument("--steps", "-K", type=int, default=None, help="gradient steps K (default: the task's, 15)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate eta; the raw step is eta L M D / alpha^2")
+    parser.add_argument("--alpha", type=float, default=None, help="residual scale alpha (default 1, the MLU regime)")
+    parser.add_argument("--activation", choices=ACTIVATIONS, default=None, help="unit activation (default: the task's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the embeddings and unit weights (default 0)")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="floating-point type (default float32)")
+    parser.add_argument("--limit-depth", type=int, default=LimitSettings.depth_points,
+                        help=f"depth points L' of the limit simulator (default {LimitSettings.depth_points})")
+    parser.add_argument("--limit-particles", type=int, default=LimitSettings.particles,
+                        help=f"particles M' per depth point, even (default {LimitSettings.particles})")
+    parser.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET_BYTES / 2**30,
+                        help="largest memory estimate accepted, in GiB (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnet-limits",
+        description="Train MLU ResNets and compare them with their fixed-D Mean ODE and large-D limits.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a network and report its errors against both limits")
+    train.add_argument("--depth", "-L", type=int, default=16, help="depth L, number of blocks (default 16)")
+    train.add_argument("--width", "-M", type=int, default=64, help="hidden width M, units per block (default 64)")
+    train.add_argument("--dim", "-D", type=int, default=64, help="embedding dimension D (default 64)")
+    _add_common(train)
+
+    limit = commands.add_parser("limit", help="simulate the large-D limit, or the fixed-D Mean ODE with --dim")
+    limit.add_argument("--dim", "-D", type=int, default=None,
+                       help="simulate the fixed-D Mean ODE of the embeddings of this D and --seed")
+    _add_common(limit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        limit_settings = LimitSettings(args.limit_depth, args.limit_particles).validate()
+        budget_gib = check_positive_float("memory budget", args.memory_budget, "--memory-budget")
+        budget = int(budget_gib * 2**30)
+        if args.command == "train":
+            return _train(args, limit_settings, budget)
+        return _limit(args, limit_settings, budget)
+    except ConfigError as error:
+        print(f"resnet-limits: error: {error}", file=sys.stderr)
+        return 2
+
+
+class _ProgressLine:
+    """A one-line progress report on standard error, rewritten in place."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.interactive = sys.stderr.isatty()
+        self.start = time.perf_counter()
+        self.stage = None
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        line = f"{stage:<18} {done:>4}/{total} steps  {elapsed:6.1f} s"
+        if self.interactive:
+            print(f"\r{line}", end="", file=sys.stderr, flush=True)
+        elif stage != self.stage or done == total:
+            # In a log file, one line per stage and one at the end.
+            print(line, file=sys.stderr, flush=True)
+        self.stage = stage
+
+    def close(self) -> None:
+        if self.enabled and self.interactive:
+            print(file=sys.stderr, flush=True)
+
+
+def _train(args, limit_settings: LimitSettings, budget: int) -> int:
+    from resnet_limits.experiment import Comparison
+
+    config = RunConfig(
+        task=args.task,
+        L=args.depth,
+        M=args.width,
+        D=args.dim,
+        K=args.steps,
+        learning_rate=args.lr,
+        alpha=args.alpha,
+        activation=args.activation,
+        seed=args.seed,
+        dtype=args.dtype,
+    )
+    comparison = Comparison(config, limit_settings, memory_budget_bytes=budget)
+    progress = _ProgressLine(enabled=not args.json or sys.stderr.isatty())
+    try:
+        for event in comparison.events():
+            progress.update(event.stage, event.done, event.total)
+    except KeyboardInterrupt:
+        progress.close()
+        print("resnet-limits: interrupted; printing the steps computed so far", file=sys.stderr)
+    else:
+        progress.close()
+
+    result = comparison.to_dict()
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        _print_train_table(result)
+    return _exit_status(result["status"], result["diverged_at_step"])
+
+
+def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
+    import jax
+
+    from resnet_limits import limits
+    from resnet_limits.config import jax_dtype
+    from resnet_limits.tasks import coupled_embeddings, get_task
+
+    base = RunConfig(
+        task=args.task,
+        D=1 if args.dim is None else args.dim,
+        K=args.steps,
+        learning_rate=args.lr,
+        alpha=args.alpha,
+        activation=args.activation,
+        seed=args.seed,
+        dtype=args.dtype,
+    ).resolved()
+    task = get_task(base.task)
+    if args.dim is None:
+        problem = limits.large_dim_problem(task)
+    else:
+        check_positive_int("D", args.dim, "--dim")
+        key_embed, _ = jax.random.split(jax.random.key(base.seed))
+        w_embed, w_unembed = coupled_embeddings(key_embed, task, base.D, jax_dtype(base.dtype))
+        problem, _ = limits.fixed_dim_problem(w_embed, w_unembed)
+    check_memory(base, task.num_samples, limit_settings, task.span_dim, budget)
+
+    progress = _ProgressLine(enabled=not args.json or sys.stderr.isatty())
+    records = []
+    status = "completed"
+    diverged_at = None
+    try:
+        for record in limits.limit_steps(
+            problem,
+            task,
+            limit_settings,
+            steps=base.K,
+            learning_rate=base.learning_rate,
+            alpha=base.alpha,
+            activation=base.activation,
+            dtype=base.dtype,
+        ):
+            progress.update(problem.kind, record.step + 1, base.K + 1)
+            if record.diverged:
+                status, diverged_at = "diverged", record.step
+                break
+            records.append(record)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        print("\nresnet-limits: interrupted; printing the steps computed so far", file=sys.stderr)
+    progress.close()
+
+    result = {
+        "kind": problem.kind,
+        "task": task.name,
+        "dim": args.dim,
+        "seed": base.seed if args.dim is not None else None,
+        "settings": {
+            "K": base.K,
+            "learning_rate": base.learning_rate,
+            "alpha": base.alpha,
+            "activation": base.activation,
+            "dtype": base.dtype,
+            "limit_depth_points": limit_settings.depth_points,
+            "limit_particles": limit_settings.particles,
+        },
+        "status": status,
+        "diverged_at_step": diverged_at,
+        "steps": [
+            {"step": r.step, "loss": r.loss, "output": r.f_DoutxN.astype(float).tolist()} for r in records
+        ],
+    }
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        _print_limit_table(result)
+    return _exit_status(status, diverged_at)
+
+
+def _exit_status(status: str, diverged_at: int | None) -> int:
+    if status == "diverged":
+        print(f"resnet-limits: the run diverged at step {diverged_at} (loss not finite, or above 1e6 times its initial value); "
+              "lower --lr or --alpha", file=sys.stderr)
+        return EXIT_DIVERGED
+    if status == "interrupted":
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _format(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.6g}"
+
+
+def _print_train_table(result: dict) -> None:
+    shape, bound = result["shape"], result["bound"]
+    print(f"task {result['task']}  L={shape['L']} M={shape['M']} D={shape['D']}  "
+          f"P={result['num_parameters']}  status {result['status']}")
+    print(f"bound terms: 1/L = {bound['depth']:.4g}, sqrt(D/(L M)) = {bound['width']:.4g}, "
+          f"1/sqrt(D) = {bound['embedding']:.4g}")
+    print(f"{'step':>4} {'loss':>11} {'emb.err ODE':>12} {'emb.err lim':>12} {'out.err ODE':>12} {'out.err lim':>12}")
+    for row in result["steps"]:
+        print(f"{row['step']:>4} {_format(row['loss']):>11} {_format(row['embedding_error_mean_ode']):>12} "
+              f"{_format(row['embedding_error_limit']):>12} {_format(row['output_error_mean_ode']):>12} "
+              f"{_format(row['output_error_limit']):>12}")
+
+
+def _print_limit_table(result: dict) -> None:
+    where = "" if result["dim"] is None else f" D={result['dim']} seed={result['seed']}"
+    print(f"{result['kind']} limit of {result['task']}{where}  status {result['status']}")
+    print(f"{'step':>4} {'loss':>11}  output (first sample)")
+    for row in result["steps"]:
+        first = [column[0] for column in row["output"]]
+        print(f"{row['step']:>4} {_format(row['loss']):>11}  " + " ".join(f"{v:+.4f}" for v in first))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Train a finite network and compare it, step by step, with the fixed-D Mean ODE and the large-D limit.
+
+``Comparison`` is the one entry point of the command line and the apps. Its ``events`` iterator
+computes the two limits (from a cache when they were computed before), then trains the network,
+and yields a ``Progress`` after every step, so a caller can report progress, stay responsive and
+stop early. Rows computed before a stop are kept in ``rows``.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+
+import jax
+import numpy as np
+
+from resnet_limits import bounds, limits, metrics
+from resnet_limits.config import (
+    DEFAULT_MEMORY_BUDGET_BYTES,
+    LimitSettings,
+    RunConfig,
+    check_memory,
+    jax_dtype,
+)
+from resnet_limits.models import MLUResNet
+from resnet_limits.tasks import Task, coupled_embeddings, get_task
+from resnet_limits.training import StepRecord, Trajectory, training_steps
+
+STAGE_LIMIT = "large-D limit"
+STAGE_MEAN_ODE = "fixed-D Mean ODE"
+STAGE_TRAINING = "training"
+
+ERROR_COLUMNS = (
+    "embedding_error_mean_ode",
+    "embedding_error_limit",
+    "output_error_mean_ode",
+    "output_error_limit",
+)
+
+
+class LimitCache:
+    """Least-recently-used store of limit trajectories, keyed by everything they depend on."""
+
+    def __init__(self, max_entries: int = 32):
+        self.max_entries = max_entries
+        self._entries: collections.OrderedDict[tuple, Trajectory] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Trajectory | None:
+        with self._lock:
+            if key not in self._entries:
+                return None
+            self._entries.move_to_end(key)
+            return self._entries[key]
+
+    def put(self, key: tuple, trajectory: Trajectory) -> None:
+        with self._lock:
+            self._entries[key] = trajectory
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+DEFAULT_CACHE = LimitCache()
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """One unit of work done: a limit step or a training step.
+
+    ``row`` is set on training steps: the step's loss and its four errors.
+    """
+
+    stage: str
+    done: int  # units finished in the whole comparison
+    total: int
+    row: dict | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total
+
+
+class Comparison:
+    """A training run of ``config`` and its errors against both limits at every step."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        limit_settings: LimitSettings | None = None,
+        *,
+        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+        cache: LimitCache | None = DEFAULT_CACHE,
+    ):
+        self.config = config.resolved()
+        self.limit_settings = (limit_settings or LimitSettings()).validate()
+        self.task: Task = get_task(self.config.task)
+        self.memory_estimate_bytes = check_memory(
+            self.config,
+            self.task.num_samples,
+            self.limit_settings,
+            self.task.span_dim,
+            memory_budget_bytes,
+        )
+        self.cache = cache
+        self.rows: list[dict] = []
+        self.diverged_at: int | None = None  # step at which the network's training diverged
+        self.limit_diverged_at: dict[str, int] = {}  # per limit kind, when its simulation diverged
+        self.completed = False
+
+    # -- the work -----------------------------------------------------------------------------
+
+    def events(self) -> Iterator[Progress]:
+        """Compute the limits, then train, yielding after every step."""
+        config, task = self.config, self.task
+        steps = config.K
+        total = 3 * (steps + 1)
+        done = 0
+
+        dtype = jax_dtype(config.dtype)
+        key_embed, key_units = jax.random.split(jax.random.key(config.seed))
+        w_embed, w_unembed = coupled_embeddings(key_embed, task, config.D, dtype)
+
+        large_problem = limits.large_dim_problem(task)
+        large_basis = limits.large_dim_basis(task, w_embed, w_unembed)
+        fixed_problem, fixed_basis = limits.fixed_dim_problem(w_embed, w_unembed)
+
+        references = {}
+        for stage, problem in ((STAGE_LIMIT, large_problem), (STAGE_MEAN_ODE, fixed_problem)):
+            trajectory = None
+            for item in self._limit_trajectory(problem):
+                if isinstance(item, Trajectory):
+                    trajectory = item
+                else:
+                    done += 1
+                    yield Progress(stage, done, total)
+            done = (len(references) + 1) * (steps + 1)
+            references[stage] = trajectory
+            if trajectory.diverged_at is not None:
+                self.limit_diverged_at[problem.kind] = trajectory.diverged_at
+
+        limit_h = limits.to_stream(references[STAGE_LIMIT].h_KxDxN, large_basis)
+        mean_ode_h = limits.to_stream(references[STAGE_MEAN_ODE].h_KxDxN, fixed_basis)
+        limit_f = references[STAGE_LIMIT].f_KxDoutxN
+        mean_ode_f = references[STAGE_MEAN_ODE].f_KxDoutxN
+
+        model = MLUResNet(
+            w_embed,
+            w_unembed,
+            depth=config.L,
+            width=config.M,
+            key=key_units,
+            alpha=config.alpha,
+            activation=config.activation,
+        )
+        for record in training_steps(
+            model,
+            task.x_DinxN,
+            task.y_DoutxN,
+            steps=steps,
+            learning_rate=config.learning_rate,
+            loss_scale=task.loss_scale,
+        ):
+            done += 1
+            if record.diverged:
+                self.diverged_at = record.step
+                yield Progress(STAGE_TRAINING, done, total)
+                return
+            row = _error_row(record, limit_h, limit_f, mean_ode_h, mean_ode_f)
+            self.rows.append(row)
+            yield Progress(STAGE_TRAINING, done, total, row)
+        self.completed = True
+
+    def run(self, on_progress: Callable[[Progress], None] | None = None) -> Comparison:
+        """Run all events to the end; ``on_progress`` receives each one."""
+        for progress in self.events():
+            if on_progress is not None:
+                on_progress(progress)
+        return self
+
+    def _limit_trajectory(self, problem: limits.SpanProblem):
+        """Yield a marker per simulated step, then the trajectory (cached by its inputs)."""
+        config = self.config
+        key = (
+            problem.cache_key(),
+            self.task.name,
+            config.K,
+            config.learning_rate,
+            config.alpha,
+            config.activation,
+            config.dtype,
+            self.limit_settings,
+        )
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None:
+            yield cached
+            return
+        records: list[StepRecord] = []
+        record = None
+        for record in limits.limit_steps(
+            problem,
+            self.task,
+            self.limit_settings,
+            steps=config.K,
+            learning_rate=config.learning_rate,
+            alpha=config.alpha,
+            activation=config.activation,
+            dtype=config.dtype,
+        ):
+            if not record.diverged:
+                records.append(record)
+            yield record.step
+        trajectory = Trajectory.from_records(records, last=record)
+        if self.cache is not None:
+            self.cache.put(key, trajectory)
+        yield trajectory
+
+    # -- results ------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        if self.diverged_at is not None:
+            return "diverged"
+        return "completed" if self.completed else "interrupted"
+
+    def bound_terms(self) -> dict[str, float]:
+        return bounds.bound_terms(self.config.L, self.config.M, self.config.D)
+
+    def predicted_errors(self) -> dict[str, float]:
+        """Return the error laws' predictions (fitted constants) for this shape."""
+        L, M, D = self.config.L, self.config.M, self.config.D
+        return {
+            "embedding": float(bounds.EMBEDDING_LAW.predict(L, M, D)),
+            "output": float(bounds.OUTPUT_LAW.predict(L, M, D)),
+        }
+
+    def to_dict(self) -> dict:
+        """Return the run as plain JSON-ready data."""
+        config = self.config
+        return {
+            "shape": {"L": config.L, "M": config.M, "D": config.D},
+            "task": config.task,
+            "settings": {
+                "K": config.K,
+                "learning_rate": config.learning_rate,
+                "alpha": config.alpha,
+                "activation": config.activation,
+                "seed": config.seed,
+                "dtype": config.dtype,
+                "limit_depth_points": self.limit_settings.depth_points,
+                "limit_particles": self.limit_settings.particles,
+            },
+            "num_parameters": config.num_parameters,
+            "bound": self.bound_terms(),
+            "predicted_error": self.predicted_errors(),
+            "status": self.status,
+            "diverged_at_step": self.diverged_at,
+            "limit_diverged_at_step": dict(self.limit_diverged_at),
+            "steps": list(self.rows),
+        }
+
+
+def _error_row(record: StepRecord, limit_h, limit_f, mean_ode_h, mean_ode_f) -> dict:
+    """Return the loss and the four errors of one training step; None where a limit diverged first."""
+    k = record.step
+    row = {"step": k, "loss": record.loss}
+    for name, reference_h, reference_f in (
+        ("limit", limit_h, limit_f),
+        ("mean_ode", mean_ode_h, mean_ode_f),
+    ):
+        if k < len(reference_h):
+            row[f"embedding_error_{name}"] = metrics.embedding_error(record.h_DxN, reference_h[k])
+            row[f"output_error_{name}"] = metrics.output_error(record.f_DoutxN, reference_f[k])
+        else:
+            row[f"embedding_error_{name}"] = None
+            row[f"output_error_{name}"] = None
+    return {key: row[key] for key in ("step", "loss", *ERROR_COLUMNS)}
