@@ -126,8 +126,8 @@ def bytes_per_float(dtype: str) -> int:
 def estimate_training_bytes(L: int, M: int, D: int, N: int, K: int, dtype: str) -> int:
     """Estimate the peak memory of training, in bytes.
 
-    Counts U and V with their gradients and the updated copies (six L D M arrays), the
-    per-block activations that the backward pass keeps (H, P and sigma(P) for N samples), and the
+    Counts six L D M arrays: U and V, their gradients and their updated copies. Adds the
+    per-block activations that the backward pass keeps (H, P and sigma(P) for N samples) and the
     stored trajectory of H_L over K + 1 steps. XLA's workspace and the Python process come on top.
     """
     floats = 6 * L * D * M + 2 * L * N * (D + 2 * M) + (K + 1) * D * N

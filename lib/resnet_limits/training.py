@@ -101,7 +101,7 @@ def training_steps(
     """Train ``model`` in place for ``steps`` updates and yield the forward pass of each step 0..K.
 
     The iterator stops after the first diverged step, so a caller sees a diverged run as a last
-    record with ``diverged`` True; the model then holds the parameters of that step.
+    record with ``diverged`` True. The model then has the parameters of that step.
     """
     graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
     dtype = model.u.dtype

@@ -156,7 +156,7 @@ def limit_steps(
     activation: str,
     dtype: str = "float32",
 ) -> Iterator[StepRecord]:
-    """Simulate the limit and yield each step 0..K; ``h_DxN`` of a record holds a(1) (k x N)."""
+    """Simulate the limit and yield each step 0..K; ``h_DxN`` of a record is a(1) (k x N)."""
     system = particle_system(problem, settings, alpha=alpha, activation=activation, dtype=dtype)
     yield from training_steps(
         system,
