@@ -38,7 +38,7 @@ class LimitSettings:
         if self.particles % 2:
             raise ConfigError(
                 f"particles must be even (antithetic pairs), got {self.particles}; "
-                f"use {self.particles + 1}"
+                f"set --limit-particles to {self.particles + 1}"
             )
         return self
 
