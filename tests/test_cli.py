@@ -1,0 +1,214 @@
+"""The resnet-limits command line: JSON and table output, exit statuses and error messages."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resnet_limits.cli import EXIT_DIVERGED, main
+
+# A small limit simulator for tests that check output format, not accuracy.
+SMALL_LIMIT = ["--limit-depth", "8", "--limit-particles", "256"]
+
+STEP_KEYS = {
+    "step",
+    "loss",
+    "embedding_error_mean_ode",
+    "embedding_error_limit",
+    "output_error_mean_ode",
+    "output_error_limit",
+}
+
+LINEAR_Y = np.array([[0.62789524], [0.26597976], [-0.05539644]])
+
+
+def run_main(capsys, argv):
+    """Run the command in this process and return its exit status, stdout and stderr."""
+    status = main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def check_train_json(result, steps):
+    assert result["shape"] == {"L": 4, "M": 8, "D": 8}
+    assert result["task"] == "paper-tanh"
+    assert set(result["bound"]) == {"depth", "width", "embedding"}
+    assert result["bound"]["depth"] == pytest.approx(0.25, rel=1e-12)
+    assert result["bound"]["width"] == pytest.approx(0.5, rel=1e-12)
+    assert result["bound"]["embedding"] == pytest.approx(1 / math.sqrt(8), rel=1e-12)
+    assert len(result["steps"]) == steps + 1
+    for index, row in enumerate(result["steps"]):
+        assert set(row) == STEP_KEYS
+        assert row["step"] == index
+        for key in STEP_KEYS - {"step"}:
+            assert math.isfinite(row[key]), (index, key)
+
+
+def test_train_json(capsys):
+    status, out, err = run_main(capsys, ["train", "-L", "4", "-M", "8", "-D", "8", "-K", "2", "--json"])
+    assert status == 0
+    result = json.loads(out)  # the whole of stdout is one JSON object
+    check_train_json(result, steps=2)
+    assert result["status"] == "completed"
+
+
+def test_train_json_subprocess():
+    executable = Path(sys.executable).with_name("resnet-limits")
+    command = [str(executable)] if executable.exists() else [sys.executable, "-m", "resnet_limits.cli"]
+    completed = subprocess.run(
+        [*command, "train", "-L", "4", "-M", "8", "-D", "8", "-K", "2", "--json", *SMALL_LIMIT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    check_train_json(json.loads(completed.stdout), steps=2)
+
+
+def test_train_table(capsys):
+    status, out, err = run_main(capsys, ["train", "-L", "4", "-M", "8", "-D", "8", "-K", "3", *SMALL_LIMIT])
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0] == "task paper-tanh  L=4 M=8 D=8  P=256  status completed"
+    assert lines[1].startswith("bound terms: 1/L = 0.25, sqrt(D/(L M)) = 0.5, 1/sqrt(D) = 0.3536")
+    assert lines[2].split()[:2] == ["step", "loss"]
+    rows = [line.split() for line in lines[3:]]
+    assert [row[0] for row in rows] == ["0", "1", "2", "3"]
+    assert all(len(row) == 6 for row in rows)
+    assert all(math.isfinite(float(value)) for row in rows for value in row)
+    assert "training" in err  # the progress report goes to stderr
+
+
+def test_limit_linear_first_step(capsys):
+    """The large-D limit of paper-linear gives f_0 = 0 and f_1 = 2 eta ||x||^2 y = 0.128 y."""
+    status, out, err = run_main(
+        capsys, ["limit", "--task", "paper-linear", "--steps", "15", "--limit-particles", "20000", "--json"]
+    )
+    assert status == 0
+    result = json.loads(out)
+    assert result["kind"] == "large-D"
+    assert result["status"] == "completed"
+    steps = result["steps"]
+    assert [row["step"] for row in steps] == list(range(16))
+    assert all(set(row) == {"step", "loss", "output"} for row in steps)
+    assert all(np.shape(row["output"]) == (3, 1) for row in steps)
+
+    # Antithetic particle pairs make the initial drift zero, so f_0 = 0 up to float32 rounding.
+    assert np.max(np.abs(steps[0]["output"])) < 1e-6
+    assert steps[0]["loss"] == pytest.approx(0.5 * np.sum(LINEAR_Y**2), rel=1e-6)
+
+    # Monte Carlo error with 64 x 20000 particles: over particle seeds 0..7 the relative error of
+    # f_1 was 1e-3 on average and 2.2e-3 at most (float32, CPU, simulate_limit), so 4e-3 is the tolerance.
+    output = np.array(steps[1]["output"])
+    relative_error = np.linalg.norm(output - 0.128 * LINEAR_Y) / np.linalg.norm(0.128 * LINEAR_Y)
+    assert relative_error < 4e-3
+    # J_1 = 1/2 (1 - 0.128)^2 ||y||^2. The output tolerance allows about 0.2 % on the loss.
+    expected_loss = 0.5 * (1 - 0.128) ** 2 * np.sum(LINEAR_Y**2)
+    assert steps[1]["loss"] == pytest.approx(expected_loss, rel=1e-2)
+    assert steps[15]["loss"] < steps[1]["loss"]
+
+
+def test_limit_fixed_dim(capsys):
+    argv = ["limit", "--dim", "16", "--steps", "2", "--json", *SMALL_LIMIT]
+    status, out, _ = run_main(capsys, [*argv, "--seed", "1"])
+    assert status == 0
+    result = json.loads(out)
+    assert result["kind"] == "fixed-D"
+    assert result["dim"] == 16
+    assert result["seed"] == 1
+    assert [row["step"] for row in result["steps"]] == [0, 1, 2]
+
+    _, again_out, _ = run_main(capsys, [*argv, "--seed", "1"])
+    _, other_out, _ = run_main(capsys, [*argv, "--seed", "2"])
+    _, large_out, _ = run_main(capsys, ["limit", "--steps", "2", "--json", *SMALL_LIMIT])
+    outputs = np.array(result["steps"][2]["output"])
+    assert json.loads(again_out)["steps"] == result["steps"]
+    # The seed draws the embeddings, so another seed gives another Mean ODE.
+    assert not np.allclose(np.array(json.loads(other_out)["steps"][2]["output"]), outputs)
+    assert not np.allclose(np.array(json.loads(large_out)["steps"][2]["output"]), outputs)
+    assert json.loads(large_out)["kind"] == "large-D"
+
+
+def test_limit_table(capsys):
+    status, out, _ = run_main(capsys, ["limit", "--task", "paper-linear", "--steps", "2", *SMALL_LIMIT])
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0] == "large-D limit of paper-linear  status completed"
+    assert lines[1].split()[:2] == ["step", "loss"]
+    assert [line.split()[0] for line in lines[2:]] == ["0", "1", "2"]
+    assert all(len(line.split()) == 5 for line in lines[2:])  # step, loss, 3 outputs
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["train", "-L", "0"], "--depth"),
+        (["train", "-M", "-1"], "--width"),
+        (["train", "-D", "0"], "--dim"),
+        (["train", "-K", "0"], "--steps"),
+        (["train", "--lr", "-1"], "--lr"),
+        (["train", "--lr", "nan"], "--lr"),
+        (["train", "--alpha", "inf"], "--alpha"),
+        (["train", "--limit-particles", "7"], "--limit-particles"),
+        (["train", "--limit-depth", "0"], "--limit-depth"),
+        (["train", "--memory-budget", "0"], "--memory-budget"),
+        (["train", "-L", "4096", "-M", "4096", "-D", "4096"], "--memory-budget"),
+        (["limit", "--dim", "0"], "--dim"),
+        (["limit", "--steps", "-2"], "--steps"),
+        (["limit", "--seed", "-1"], "seed"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else value,
+)
+def test_invalid_setting_exits_2(capsys, argv, option):
+    status, out, err = run_main(capsys, argv)
+    assert status == 2
+    assert out == ""
+    assert err.startswith("resnet-limits: error: ")
+    assert option in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["train", "-L", "2.5"], "--depth"),
+        (["train", "--task", "mnist"], "--task"),
+        (["train", "--activation", "relu"], "--activation"),
+        (["limit", "--dtype", "float16"], "--dtype"),
+    ],
+)
+def test_unparsable_argument_exits_2(capsys, argv, option):
+    with pytest.raises(SystemExit) as error:
+        main(argv)
+    assert error.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_memory_error_reports_gib(capsys):
+    status, _, err = run_main(capsys, ["train", "-L", "4096", "-M", "4096", "-D", "4096"])
+    assert status == 2
+    assert "GiB" in err
+
+
+def test_train_divergence_exits_3(capsys):
+    status, out, err = run_main(
+        capsys, ["train", "-L", "4", "-M", "8", "-D", "8", "-K", "3", "--lr", "1e6", "--json", *SMALL_LIMIT]
+    )
+    assert status == EXIT_DIVERGED == 3
+    assert "diverged at step 1" in err
+    result = json.loads(out)
+    assert result["status"] == "diverged"
+    assert result["diverged_at_step"] == 1
+    assert [row["step"] for row in result["steps"]] == [0]
+
+
+def test_limit_divergence_exits_3(capsys):
+    status, out, err = run_main(capsys, ["limit", "--steps", "3", "--lr", "1e6", "--json", *SMALL_LIMIT])
+    assert status == 3
+    assert "diverged at step" in err
+    result = json.loads(out)
+    assert result["status"] == "diverged"
+    assert len(result["steps"]) == result["diverged_at_step"]
