@@ -40,5 +40,5 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(scope="session")
 def session_dir() -> str:
-    """The temporary directory that holds this session's Jupyter, IPython and cache folders."""
+    """The temporary directory that contains this session's Jupyter, IPython and cache folders."""
     return SESSION_DIR

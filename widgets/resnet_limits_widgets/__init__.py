@@ -1,0 +1,5 @@
+"""Interactive apps of resnet-limits: ipywidgets controls and Altair charts over the library."""
+
+from resnet_limits_widgets.explorer import ExplorerApp
+
+__all__ = ["ExplorerApp"]

@@ -1,0 +1,471 @@
+"""The explorer app: sliders for L, M and D, a training run against both limits, and two charts.
+
+A run is an asyncio task in the kernel's event loop. It iterates ``Comparison.events()`` and yields
+to the loop after every event, so the kernel processes widget messages (a Cancel click, a new
+slider value) while the limits are computed and the network trains. Releasing a slider or
+changing a control cancels the running comparison and starts a new one, unless "run on change"
+is off. Cancelling keeps the rows computed so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import html
+import logging
+import time
+
+import altair as alt
+import ipywidgets as widgets
+
+from resnet_limits.config import ConfigError, LimitSettings, RunConfig
+from resnet_limits.experiment import DEFAULT_CACHE, STAGE_TRAINING, Comparison, LimitCache, Progress
+from resnet_limits.tasks import ACTIVATIONS, get_task
+
+from resnet_limits_widgets import charts
+from resnet_limits_widgets.compilation_cache import enable_compilation_cache
+from resnet_limits_widgets.summary import shape_summary_html
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+DEPTH_OPTIONS = tuple(2**i for i in range(9))  # L from 1 to 256
+WIDTH_OPTIONS = tuple(2**i for i in range(11))  # M from 1 to 1024
+DIM_OPTIONS = tuple(2**i for i in range(11))  # D from 1 to 1024
+
+# The explorer's cap on the estimated memory of one run. A public Binder session has about 2 GB
+# for the kernel, the Jupyter server and JAX itself, so the app keeps half of the library default.
+APP_MEMORY_BUDGET_BYTES = 2**30
+
+# Minimum seconds between two redraws of the error chart during training. Each redraw sends the
+# whole chart to the browser.
+CHART_REFRESH_SECONDS = 0.25
+
+DESCRIPTION_STYLE = {"description_width": "150px"}
+CONTROL_LAYOUT = widgets.Layout(width="420px")
+
+# Command-line options that the library's ConfigError messages name, and the controls that set them.
+CONTROL_NAMES = {
+    "--depth": "the L slider",
+    "--width": "the M slider",
+    "--dim": "the D slider",
+    "--steps": "the K slider",
+    "--lr": "the learning rate",
+    "--alpha": "α",
+    "--memory-budget on the command line": "ExplorerApp(memory_budget_bytes=...)",
+}
+
+MESSAGE_STYLES = {
+    "error": "background:#fdecea; border:1px solid #d93025; color:#8a1c14",
+    "warning": "background:#fff4e5; border:1px solid #e8a33d; color:#6b4200",
+    "info": "background:#e8f0fe; border:1px solid #4a7bd0; color:#1a3d7c",
+}
+
+
+def _size_slider(description: str, options: tuple[int, ...], value: int) -> widgets.SelectionSlider:
+    return widgets.SelectionSlider(
+        description=description,
+        options=options,
+        value=value,
+        continuous_update=False,
+        style=DESCRIPTION_STYLE,
+        layout=CONTROL_LAYOUT,
+    )
+
+
+def _with_control_names(message: str) -> str:
+    """Return ``message`` with command-line option names replaced by the controls that set them."""
+    for option, control in CONTROL_NAMES.items():
+        message = message.replace(option, control)
+    return message
+
+
+@dataclasses.dataclass
+class RunOutcome:
+    """The end of a run, for the readout: status "completed", "diverged", "cancelled" or "failed"."""
+
+    status: str
+    seconds: float
+    message: str = ""
+
+
+class ExplorerApp:
+    """The interactive explorer of one task, shown by displaying it in a notebook or a Voila page.
+
+    ``L``, ``M`` and ``D`` are the initial slider values. ``limit_settings`` sets the Mean ODE
+    discretisation and ``memory_budget_bytes`` the largest estimated run that may start.
+    ``cache`` stores limit trajectories and is shared by all apps in a kernel by default.
+    ``compilation_cache`` turns on JAX's persistent compilation cache in the user's cache
+    directory.
+    """
+
+    def __init__(
+        self,
+        task: str = "paper-tanh",
+        *,
+        L: int = 16,
+        M: int = 64,
+        D: int = 64,
+        limit_settings: LimitSettings | None = None,
+        memory_budget_bytes: int = APP_MEMORY_BUDGET_BYTES,
+        cache: LimitCache | None = DEFAULT_CACHE,
+        auto_run: bool = True,
+        compilation_cache: bool = True,
+    ):
+        if compilation_cache:
+            enable_compilation_cache()
+        alt.JupyterChart.enable_offline()
+
+        self.task = get_task(task)
+        self.limit_settings = limit_settings or LimitSettings()
+        self.memory_budget_bytes = memory_budget_bytes
+        self.cache = cache
+
+        self.comparison: Comparison | None = None  # the latest comparison started
+        self.outcome: RunOutcome | None = None  # how the latest finished run ended
+        self.law_points: dict[RunConfig, list[dict]] = {}  # completed runs, two points each
+        self._task: asyncio.Task | None = None
+        self._last_chart_update = 0.0
+
+        self._build_controls(L, M, D, auto_run)
+        self._build_outputs()
+        self.widget = self._layout()
+        self._update_summary()
+
+    # -- widgets ------------------------------------------------------------------------------
+
+    def _build_controls(self, L: int, M: int, D: int, auto_run: bool) -> None:
+        task = self.task
+        self.depth = _size_slider("L (depth)", DEPTH_OPTIONS, L)
+        self.width = _size_slider("M (width)", WIDTH_OPTIONS, M)
+        self.dim = _size_slider("D (embedding dim.)", DIM_OPTIONS, D)
+        self.steps = widgets.IntSlider(
+            description="K (gradient steps)",
+            value=task.steps,
+            min=1,
+            max=60,
+            continuous_update=False,
+            style=DESCRIPTION_STYLE,
+            layout=CONTROL_LAYOUT,
+        )
+        self.learning_rate = widgets.FloatText(
+            description="learning rate η", value=task.learning_rate, style=DESCRIPTION_STYLE
+        )
+        self.alpha = widgets.FloatText(
+            description="α (residual scale)", value=task.alpha, style=DESCRIPTION_STYLE
+        )
+        self.activation = widgets.Dropdown(
+            description="activation", options=ACTIVATIONS, value=task.activation, style=DESCRIPTION_STYLE
+        )
+        self.seed = widgets.IntText(description="seed", value=0, style=DESCRIPTION_STYLE)
+        self.auto_run = widgets.Checkbox(
+            description="run when a control changes", value=auto_run, indent=False
+        )
+        self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
+        self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
+        self.clear_button = widgets.Button(description="Clear runs", tooltip="Remove every point of the law chart")
+
+        self.run_button.on_click(lambda _: self.start_run())
+        self.cancel_button.on_click(lambda _: self.cancel())
+        self.clear_button.on_click(lambda _: self.clear_runs())
+        for control in self.run_controls:
+            control.observe(self._on_control_change, names="value")
+
+    @property
+    def run_controls(self) -> tuple[widgets.ValueWidget, ...]:
+        """Every control whose value is a setting of the run."""
+        return (
+            self.depth,
+            self.width,
+            self.dim,
+            self.steps,
+            self.learning_rate,
+            self.alpha,
+            self.activation,
+            self.seed,
+        )
+
+    def _build_outputs(self) -> None:
+        self.summary = widgets.HTML(layout=widgets.Layout(width="600px", margin="0 0 0 20px"))
+        self.progress = widgets.FloatProgress(
+            value=0.0, min=0.0, max=1.0, description="progress", bar_style="info"
+        )
+        self.status = widgets.HTML(value="Not run yet.")
+        self.status.add_class("explorer-status")
+        self.message = widgets.HTML(value="")
+        self.message.add_class("explorer-message")
+        self.last_run = widgets.HTML(value="")
+        self.last_run.add_class("explorer-last-run")
+
+        steps = self.task.steps
+        self.error_chart = alt.JupyterChart(
+            charts.error_chart(charts.error_frame([], None, steps), "No run yet", steps)
+        )
+        self.error_chart.add_class("explorer-error-chart")
+        self.law_chart = alt.JupyterChart(charts.law_chart(charts.law_frame([])))
+        self.law_chart.add_class("explorer-law-chart")
+
+    def _layout(self) -> widgets.Widget:
+        controls = widgets.VBox(
+            [
+                widgets.HTML(
+                    f"<b>Shape and training</b> (task {html.escape(self.task.name)}: "
+                    f"N={self.task.num_samples} samples, d_in={self.task.d_in}, d_out={self.task.d_out})"
+                ),
+                self.depth,
+                self.width,
+                self.dim,
+                self.steps,
+                self.learning_rate,
+                self.alpha,
+                self.activation,
+                self.seed,
+                self.auto_run,
+                widgets.HBox([self.run_button, self.cancel_button, self.clear_button]),
+            ]
+        )
+        top = widgets.HBox([controls, self.summary], layout=widgets.Layout(flex_flow="row wrap"))
+        progress = widgets.HBox([self.progress, self.status])
+        chart_row = widgets.HBox([self.error_chart, self.law_chart], layout=widgets.Layout(flex_flow="row wrap"))
+        return widgets.VBox([top, progress, self.message, self.last_run, chart_row])
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    # -- settings -----------------------------------------------------------------------------
+
+    def config(self) -> RunConfig:
+        """Return the run settings that the controls show (not yet validated)."""
+        return RunConfig(
+            task=self.task.name,
+            L=self.depth.value,
+            M=self.width.value,
+            D=self.dim.value,
+            K=self.steps.value,
+            learning_rate=self.learning_rate.value,
+            alpha=self.alpha.value,
+            activation=self.activation.value,
+            seed=self.seed.value,
+            dtype="float32",
+        )
+
+    def _on_control_change(self, change) -> None:
+        if change["owner"] in (self.depth, self.width, self.dim):
+            self._update_summary()
+        if self.auto_run.value:
+            self.start_run()
+
+    def _update_summary(self) -> None:
+        self.summary.value = shape_summary_html(self.depth.value, self.width.value, self.dim.value)
+
+    def _show_message(self, text: str, kind: str = "error") -> None:
+        if not text:
+            self.message.value = ""
+            return
+        self.message.value = (
+            f'<div style="{MESSAGE_STYLES[kind]}; padding:6px 10px; border-radius:4px; max-width:900px">'
+            f"{html.escape(text)}</div>"
+        )
+
+    # -- running ------------------------------------------------------------------------------
+
+    def prepare(self) -> Comparison | None:
+        """Return a comparison of the current settings, or None after showing why they are invalid."""
+        try:
+            comparison = Comparison(
+                self.config(),
+                self.limit_settings,
+                memory_budget_bytes=self.memory_budget_bytes,
+                cache=self.cache,
+            )
+        except ConfigError as error:  # MemoryBudgetError is a ConfigError too
+            self._show_message(f"Cannot run these settings: {_with_control_names(str(error))}")
+            self.status.value = "Not run: invalid settings."
+            return None
+        self._show_message("")
+        return comparison
+
+    def start_run(self) -> asyncio.Task | None:
+        """Cancel the running comparison and start one with the current settings.
+
+        Returns the asyncio task, or None when the settings are invalid. Without a running event
+        loop (a plain script), runs to the end before returning None.
+        """
+        comparison = self.prepare()
+        if comparison is None:
+            self.cancel()
+            return None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self.run_blocking(comparison)
+            return None
+        previous = self._task
+        if previous is not None and not previous.done():
+            previous.cancel()
+        self._task = asyncio.ensure_future(self._run(comparison, previous))
+        return self._task
+
+    def cancel(self) -> None:
+        """Stop the running comparison; the rows computed so far stay in the chart."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def wait(self) -> RunOutcome | None:
+        """Wait until the latest run ends and return its outcome."""
+        while self._task is not None and not self._task.done():
+            await asyncio.wait([self._task])
+        return self.outcome
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _run(self, comparison: Comparison, previous: asyncio.Task | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        self._begin(comparison)
+        started = time.monotonic()
+        events = comparison.events()
+        try:
+            for event in events:
+                self._on_event(comparison, event)
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            events.close()
+            self._finish(comparison, RunOutcome("cancelled", time.monotonic() - started))
+            raise
+        except Exception as error:  # any failure ends up in the page, never as a traceback
+            logger.warning("explorer run %s failed: %s: %s", comparison.config, type(error).__name__, error)
+            outcome = RunOutcome("failed", time.monotonic() - started, f"{type(error).__name__}: {error}")
+            self._finish(comparison, outcome)
+        else:
+            self._finish(comparison, RunOutcome(comparison.status, time.monotonic() - started))
+
+    def run_blocking(self, comparison: Comparison | None = None) -> RunOutcome | None:
+        """Run ``comparison`` (the current settings if None) to the end without an event loop."""
+        if comparison is None:
+            comparison = self.prepare()
+        if comparison is None:
+            return None
+        self._begin(comparison)
+        started = time.monotonic()
+        for event in comparison.events():
+            self._on_event(comparison, event)
+        self._finish(comparison, RunOutcome(comparison.status, time.monotonic() - started))
+        return self.outcome
+
+    def _begin(self, comparison: Comparison) -> None:
+        self.comparison = comparison
+        self.outcome = None
+        self.cancel_button.disabled = False
+        self.progress.value = 0.0
+        self.progress.bar_style = "info"
+        config = comparison.config
+        self.status.value = f"Starting L={config.L}, M={config.M}, D={config.D}, seed {config.seed}..."
+        self._update_error_chart(comparison, "running")
+
+    def _on_event(self, comparison: Comparison, event: Progress) -> None:
+        self.progress.value = event.fraction
+        steps = comparison.config.K
+        if event.stage == STAGE_TRAINING:
+            step = event.row["step"] if event.row is not None else "?"
+            self.status.value = f"Training: step {step} of {steps}"
+            now = time.monotonic()
+            if now - self._last_chart_update >= CHART_REFRESH_SECONDS:
+                self._update_error_chart(comparison, "training")
+        else:
+            self.status.value = f"Computing the {event.stage}..."
+
+    def _finish(self, comparison: Comparison, outcome: RunOutcome) -> None:
+        self.outcome = outcome
+        self.cancel_button.disabled = True
+        config = comparison.config
+        shape = f"L={config.L}, M={config.M}, D={config.D}, seed {config.seed}"
+        kept = len(comparison.rows)
+
+        if outcome.status == "completed":
+            self.progress.value = 1.0
+            self.progress.bar_style = "success"
+            self.status.value = f"Done in {outcome.seconds:.1f} s."
+            self._add_law_points(comparison)
+            text = f"{shape}: completed {config.K} steps. {self._last_errors_text(comparison)}"
+            self._show_limit_divergence(comparison)
+        elif outcome.status == "diverged":
+            self.progress.bar_style = "danger"
+            self.status.value = f"Diverged at step {comparison.diverged_at}."
+            text = f"{shape}: diverged at step {comparison.diverged_at}; {kept} steps before it are plotted."
+            self._show_message(
+                f"Training diverged at step {comparison.diverged_at}: the loss became infinite or grew "
+                "far above its initial value. Lower the learning rate or α.",
+                "warning",
+            )
+        elif outcome.status == "cancelled":
+            self.progress.bar_style = "warning"
+            self.status.value = "Cancelled."
+            text = f"{shape}: cancelled after {kept} of {config.K + 1} steps; those steps are plotted."
+        else:
+            self.progress.bar_style = "danger"
+            self.status.value = "Failed."
+            text = f"{shape}: the run failed."
+            self._show_message(f"The run failed: {outcome.message}")
+        self.last_run.value = f"<b>Last run:</b> {html.escape(text)}"
+        self._update_error_chart(comparison, outcome.status)
+
+    def _show_limit_divergence(self, comparison: Comparison) -> None:
+        if comparison.limit_diverged_at:
+            details = ", ".join(
+                f"{kind} limit at step {step}" for kind, step in sorted(comparison.limit_diverged_at.items())
+            )
+            self._show_message(
+                f"A limit simulation diverged ({details}); its errors after that step are not plotted.",
+                "warning",
+            )
+
+    @staticmethod
+    def _last_errors_text(comparison: Comparison) -> str:
+        last = comparison.rows[-1]
+        predicted = comparison.predicted_errors()
+        parts = []
+        for kind in charts.ERROR_KINDS:
+            measured = last[f"{kind}_error_limit"]
+            measured_text = "not available" if measured is None else f"{measured:.3g}"
+            parts.append(f"{kind} error vs large-D limit {measured_text} (law predicts {predicted[kind]:.3g})")
+        return "; ".join(parts) + "."
+
+    # -- charts -------------------------------------------------------------------------------
+
+    def _update_error_chart(self, comparison: Comparison, state: str) -> None:
+        config = comparison.config
+        frame = charts.error_frame(comparison.rows, comparison.predicted_errors(), config.K)
+        title = f"Errors against both limits: L={config.L}, M={config.M}, D={config.D}, seed {config.seed} ({state})"
+        self.error_chart.chart = charts.error_chart(frame, title, config.K)
+        self._last_chart_update = time.monotonic()
+
+    def _add_law_points(self, comparison: Comparison) -> None:
+        last = comparison.rows[-1]
+        predicted = comparison.predicted_errors()
+        config = comparison.config
+        self.law_points[config] = [
+            {
+                "kind": kind,
+                "predicted": predicted[kind],
+                "measured": last[f"{kind}_error_limit"],
+                "L": config.L,
+                "M": config.M,
+                "D": config.D,
+                "P": config.num_parameters,
+                "seed": config.seed,
+            }
+            for kind in charts.ERROR_KINDS
+        ]
+        self._update_law_chart()
+
+    def _update_law_chart(self) -> None:
+        points = [point for run in self.law_points.values() for point in run]
+        self.law_chart.chart = charts.law_chart(charts.law_frame(points))
+
+    def clear_runs(self) -> None:
+        """Remove every completed run from the law chart."""
+        self.law_points.clear()
+        self._update_law_chart()

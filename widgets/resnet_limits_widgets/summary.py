@@ -1,0 +1,77 @@
+"""HTML readouts for a shape: parameter count, bound terms, predicted errors and optimal shapes."""
+
+from __future__ import annotations
+
+import html
+
+from resnet_limits import bounds
+
+LAWS = (("embedding", bounds.EMBEDDING_LAW), ("output", bounds.OUTPUT_LAW))
+
+
+def shape_summary(L: int, M: int, D: int) -> dict:
+    """Return the numbers that the explorer shows beside its sliders, all from ``resnet_limits.bounds``."""
+    num_parameters = L * M * D
+    terms = bounds.bound_terms(L, M, D)
+    summary = {
+        "P": num_parameters,
+        "terms": terms,
+        "terms_sum": float(sum(terms.values())),
+        "laws": {},
+    }
+    for kind, law in LAWS:
+        optimal = bounds.optimal_shape(num_parameters, law)
+        exponents = bounds.optimal_exponents(law.terms)
+        summary["laws"][kind] = {
+            "terms": {term.name: term.formula for term in law.terms},
+            "constants": dict(zip((term.name for term in law.terms), law.constants)),
+            "predicted": float(law.predict(L, M, D)),
+            "bound": float(law.bound(L, M, D)),
+            "optimal_shape": optimal,
+            "optimal_exponents": exponents,
+        }
+    return summary
+
+
+def _number(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def shape_summary_html(L: int, M: int, D: int) -> str:
+    """Return ``shape_summary`` as an HTML block of small tables."""
+    summary = shape_summary(L, M, D)
+    terms = summary["terms"]
+    embedding_formulas = summary["laws"]["embedding"]["terms"]
+    term_rows = "".join(
+        f"<tr><td>{html.escape(embedding_formulas[name])}</td><td>{_number(value)}</td></tr>"
+        for name, value in terms.items()
+    )
+    law_rows = []
+    for kind, law in summary["laws"].items():
+        shape = law["optimal_shape"]
+        exponents = law["optimal_exponents"]
+        law_rows.append(
+            f"<tr><td>{kind}</td><td>{_number(law['predicted'])}</td><td>{_number(law['bound'])}</td>"
+            f"<td>L={shape.L}, M={shape.M}, D={shape.D} (bound {_number(shape.bound)})</td>"
+            f"<td>P^{exponents.depth:.3g}, P^{exponents.width:.3g}, P^{exponents.dim:.3g}; "
+            f"err ~ P^-{exponents.rate:.3g}</td></tr>"
+        )
+    return (
+        '<div class="explorer-summary" style="font-size: 13px; line-height: 1.4;">'
+        f"<p><b>P = L M D = {summary['P']:,}</b> (L={L}, M={M}, D={D})</p>"
+        "<p>Bound err &le; C (1/L + sqrt(D/(L M)) + 1/sqrt(D)):</p>"
+        '<table style="border-collapse: collapse;"><tr><th style="text-align:left">term</th>'
+        '<th style="text-align:left">value</th></tr>'
+        f"{term_rows}<tr><td><b>sum (C = 1)</b></td><td><b>{_number(summary['terms_sum'])}</b></td></tr>"
+        "</table>"
+        "<p>Error laws (fitted constants):</p>"
+        '<table style="border-collapse: collapse;"><tr><th style="text-align:left">error</th>'
+        '<th style="text-align:left">predicted</th><th style="text-align:left">bound</th>'
+        '<th style="text-align:left">optimal (balanced) shape at this P</th>'
+        '<th style="text-align:left">optimal rate</th></tr>'
+        f"{''.join(law_rows)}</table>"
+        '<p style="color:#555">predicted: root sum of squares of the terms times their constants; '
+        "bound: their sum. The balanced shape gives every term, constant included, the same value. "
+        "Growing L, M, D as the powers of P in the last column makes the error fall fastest in P.</p>"
+        "</div>"
+    )
