@@ -3,6 +3,7 @@
 import math
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from resnet_limits.config import (
@@ -166,3 +167,11 @@ def test_jax_dtype():
     assert jax_dtype("float64") == jnp.float64
     with pytest.raises(ConfigError, match="choose one of: float32, float64"):
         jax_dtype("bfloat16")
+
+
+def test_numpy_scalars_accepted_as_plain_numbers():
+    config = RunConfig(L=np.int64(4), M=np.int32(8), D=np.int64(16), learning_rate=np.float32(0.5)).resolved()
+    assert type(config.L) is int
+    assert type(config.M) is int
+    assert type(config.learning_rate) is float
+    assert config.learning_rate == 0.5

@@ -147,6 +147,8 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
 
     base = RunConfig(
         task=args.task,
+        L=1,  # the command trains no network, so its memory check counts the simulator alone
+        M=1,
         D=1 if args.dim is None else args.dim,
         K=args.steps,
         learning_rate=args.lr,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +76,17 @@ class RunConfig:
             activation=task.activation if self.activation is None else self.activation,
         )
         config._validate()
-        return config
+        # NumPy scalars pass validation; plain Python numbers keep results JSON-ready.
+        return dataclasses.replace(
+            config,
+            L=int(config.L),
+            M=int(config.M),
+            D=int(config.D),
+            K=int(config.K),
+            learning_rate=float(config.learning_rate),
+            alpha=float(config.alpha),
+            seed=int(config.seed),
+        )
 
     def _validate(self) -> None:
         check_positive_int("L", self.L, "--depth")
@@ -90,7 +101,7 @@ class RunConfig:
             )
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
 
     @property
@@ -101,7 +112,7 @@ class RunConfig:
 
 def check_positive_int(name: str, value, option: str) -> int:
     """Raise ConfigError unless ``value`` is a positive integer; ``option`` names the setting."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(f"{name} must be a positive integer, got {value!r}; set {option} to 1 or more")
     if value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value}; set {option} to 1 or more")
@@ -110,7 +121,7 @@ def check_positive_int(name: str, value, option: str) -> int:
 
 def check_positive_float(name: str, value, option: str) -> float:
     """Raise ConfigError unless ``value`` is a positive finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{name} must be a positive number, got {value!r}; set {option}")
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(
