@@ -17,6 +17,8 @@ import time
 import urllib.error
 import urllib.request
 
+import dataclasses
+
 import psutil
 import pytest
 
@@ -108,20 +110,31 @@ def start_server(command: list[str], url: str, log_path: pathlib.Path):
     return process, log
 
 
+@dataclasses.dataclass(frozen=True)
+class Server:
+    """A server started by a fixture: its base URL and the file that receives its output."""
+
+    url: str
+    log_path: pathlib.Path
+
+    def log_tail(self, characters: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-characters:]
+
+
 @pytest.fixture(scope="module")
-def voila_url(tmp_path_factory):
+def voila_server(tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("voila") / "voila.log"
     command = [str(BIN / "voila"), NOTEBOOK, "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1"]
     url = f"http://127.0.0.1:{port}/"
     process, log = start_server(command, url, log_path)
-    yield url
+    yield Server(url, log_path)
     stop_server(process)
     log.close()
 
 
 @pytest.fixture(scope="module")
-def jupyter_server_url(tmp_path_factory):
+def jupyter_server(tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("jupyter-server") / "server.log"
     command = [
@@ -137,7 +150,7 @@ def jupyter_server_url(tmp_path_factory):
         command.append("--allow-root")
     url = f"http://127.0.0.1:{port}/"
     process, log = start_server(command, url + "api/status", log_path)
-    yield url
+    yield Server(url, log_path)
     stop_server(process)
     log.close()
 
@@ -175,16 +188,38 @@ class OfflinePage:
         ]
 
 
-def wait_for_last_run(page, *fragments: str, timeout: int = RUN_MS) -> str:
-    """Wait until the last-run readout contains every one of ``fragments``, and return its text."""
-    page.wait_for_function(
-        """(fragments) => {
-            const readout = document.querySelector('.explorer-last-run');
-            return readout !== null && fragments.every((f) => readout.innerText.includes(f));
-        }""",
-        arg=list(fragments),
-        timeout=timeout,
+def page_readouts(page) -> str:
+    """Return the app's status, message and last-run texts, or the start of the page without them."""
+    texts = page.evaluate(
+        """() => ['.explorer-status', '.explorer-message', '.explorer-last-run'].map((selector) => {
+            const element = document.querySelector(selector);
+            return element === null ? selector + ' missing' : element.innerText;
+        })"""
     )
+    if all(text.endswith(" missing") for text in texts):
+        texts.append(page.inner_text("body")[:2000])
+    return "\n".join(texts)
+
+
+def wait_for_last_run(page, server: Server, *fragments: str, timeout: int = RUN_MS) -> str:
+    """Wait until the last-run readout contains every one of ``fragments``, and return its text.
+
+    On a timeout the test fails with the page's readouts and the end of the server's log.
+    """
+    try:
+        page.wait_for_function(
+            """(fragments) => {
+                const readout = document.querySelector('.explorer-last-run');
+                return readout !== null && fragments.every((f) => readout.innerText.includes(f));
+            }""",
+            arg=list(fragments),
+            timeout=timeout,
+        )
+    except playwright_sync.TimeoutError:
+        pytest.fail(
+            f"last-run readout lacks {fragments} after {timeout / 1000:.0f} s.\n"
+            f"Page:\n{page_readouts(page)}\nServer log:\n{server.log_tail()}"
+        )
     return page.inner_text(LAST_RUN)
 
 
@@ -195,12 +230,12 @@ def assert_no_python_error(page) -> None:
     assert page.locator(".jp-OutputArea-output.jp-RenderedText[data-mime-type*='error']").count() == 0
 
 
-def test_voila_renders_and_slider_reruns(browser, voila_url):
+def test_voila_renders_and_slider_reruns(browser, voila_server):
     offline = OfflinePage(browser)
     page = offline.page
-    page.goto(voila_url, timeout=FIRST_RENDER_MS)
+    page.goto(voila_server.url, timeout=FIRST_RENDER_MS, wait_until="domcontentloaded")
 
-    text = wait_for_last_run(page, "L=16, M=64, D=64", "completed", timeout=FIRST_RENDER_MS)
+    text = wait_for_last_run(page, voila_server, "L=16, M=64, D=64", "completed", timeout=FIRST_RENDER_MS)
     assert "law predicts" in text
     page.wait_for_selector(LAW_POINTS, timeout=RUN_MS)
     assert page.locator(LAW_POINTS).count() == 2
@@ -211,7 +246,7 @@ def test_voila_renders_and_slider_reruns(browser, voila_url):
     depth_handle.focus()
     depth_handle.press("ArrowRight")
 
-    wait_for_last_run(page, "L=32, M=64, D=64", "completed")
+    wait_for_last_run(page, voila_server, "L=32, M=64, D=64", "completed")
     page.wait_for_function(f"document.querySelectorAll('{LAW_POINTS}').length === 4", timeout=RUN_MS)
     assert "P = L M D = 131,072" in page.inner_text(".explorer-summary")
 
@@ -220,11 +255,11 @@ def test_voila_renders_and_slider_reruns(browser, voila_url):
     page.close()
 
 
-def test_voila_cancel_and_invalid_input(browser, voila_url):
+def test_voila_cancel_and_invalid_input(browser, voila_server):
     offline = OfflinePage(browser)
     page = offline.page
-    page.goto(voila_url, timeout=FIRST_RENDER_MS)
-    wait_for_last_run(page, "L=16", "completed", timeout=FIRST_RENDER_MS)
+    page.goto(voila_server.url, timeout=FIRST_RENDER_MS, wait_until="domcontentloaded")
+    wait_for_last_run(page, voila_server, "L=16", "completed", timeout=FIRST_RENDER_MS)
 
     # K = 16 has no cached limits, so the run computes them for seconds before training starts,
     # which leaves time to click Cancel.
@@ -235,7 +270,7 @@ def test_voila_cancel_and_invalid_input(browser, voila_url):
         "document.querySelector('.explorer-status').innerText.startsWith('Computing')", timeout=RUN_MS
     )
     page.locator("button.widget-button", has_text="Cancel").click()
-    text = wait_for_last_run(page, "cancelled after")
+    text = wait_for_last_run(page, voila_server, "cancelled after")
     assert "of 17 steps" in text
     assert page.inner_text(".explorer-status") == "Cancelled."
 
@@ -252,12 +287,12 @@ def test_voila_cancel_and_invalid_input(browser, voila_url):
     page.close()
 
 
-def test_binder_route_renders(browser, jupyter_server_url):
+def test_binder_route_renders(browser, jupyter_server):
     offline = OfflinePage(browser)
     page = offline.page
-    page.goto(f"{jupyter_server_url}voila/render/{NOTEBOOK}", timeout=FIRST_RENDER_MS)
+    page.goto(f"{jupyter_server.url}voila/render/{NOTEBOOK}", timeout=FIRST_RENDER_MS, wait_until="domcontentloaded")
 
-    wait_for_last_run(page, "L=16, M=64, D=64", "completed", timeout=FIRST_RENDER_MS)
+    wait_for_last_run(page, jupyter_server, "L=16, M=64, D=64", "completed", timeout=FIRST_RENDER_MS)
     page.wait_for_selector(LAW_POINTS, timeout=RUN_MS)
 
     assert_no_python_error(page)
