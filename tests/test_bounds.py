@@ -135,9 +135,23 @@ def test_optimal_shape_integers(law, budget):
     assert shape.bound == pytest.approx(law.bound(shape.L, shape.M, shape.D), rel=1e-12)
 
 
-def test_optimal_shape_near_balanced():
-    L_real, M_real, D_real = balanced_shape(1e9)
+def test_optimal_shape_follows_exponents():
+    # With unit constants the shape is (P^(1/6), P^(1/2), P^(1/3)): 31.6, 31623 and 1000 at 1e9.
     shape = optimal_shape(1e9)
+    assert shape.L == 32
+    assert shape.D == 1000
+    assert shape.M == round(1e9 / (32 * 1000))
+
+
+def test_optimal_shape_output_law():
+    # Exponents (1/5, 2/5, 2/5): 15.8, 251 and 251 at P = 1e6.
+    shape = optimal_shape(1e6, OUTPUT_LAW)
+    assert (shape.L, shape.D) == (16, 251)
+
+
+def test_optimal_shape_fitted_constants_near_balanced():
+    L_real, _, D_real = balanced_shape(1e9)
+    shape = optimal_shape(1e9, fitted_constants=True)
     assert abs(shape.L - L_real) <= 0.5
     assert abs(shape.D - D_real) <= 0.5
     assert shape.M == round(1e9 / (shape.L * shape.D))

@@ -153,9 +153,11 @@ class Shape:
         return self.L * self.M * self.D
 
 
-def balanced_shape(budget: float, law: ErrorLaw = EMBEDDING_LAW) -> tuple[float, float, float]:
+def balanced_shape(
+    budget: float, law: ErrorLaw = EMBEDDING_LAW, constants: tuple[float, ...] | None = None
+) -> tuple[float, float, float]:
     """Return the real shape (L, M, D) with L M D = ``budget`` at which every term of ``law``,
-    constant included, has the same value.
+    weighted by ``constants`` (default: the law's own), has the same value.
 
     In logarithms the conditions log c_i + e_i . (log L, log M, log D) = log t and
     log L + log M + log D = log P are linear, so one solve gives the shape. Its exponents in P are
@@ -165,21 +167,28 @@ def balanced_shape(budget: float, law: ErrorLaw = EMBEDDING_LAW) -> tuple[float,
         raise ValueError(f"parameter budget must be a finite number >= 1, got {budget}")
     if len(law.terms) != 3:
         raise ValueError(f"a balanced shape needs exactly three terms, law {law.name!r} has {len(law.terms)}")
+    constants = law.constants if constants is None else constants
     # Unknowns (log L, log M, log D, log t).
     rows = [[*term.exponents, -1.0] for term in law.terms] + [[1.0, 1.0, 1.0, 0.0]]
-    right = [-math.log(c) for c in law.constants] + [math.log(budget)]
+    right = [-math.log(c) for c in constants] + [math.log(budget)]
     log_L, log_M, log_D, _ = np.linalg.solve(np.array(rows), np.array(right))
     return math.exp(log_L), math.exp(log_M), math.exp(log_D)
 
 
-def optimal_shape(budget: float, law: ErrorLaw = EMBEDDING_LAW) -> Shape:
-    """Return the integer shape of about ``budget`` parameters that balances the terms of ``law``.
+def optimal_shape(budget: float, law: ErrorLaw = EMBEDDING_LAW, *, fitted_constants: bool = False) -> Shape:
+    """Return the integer shape of about ``budget`` parameters on the optimal path of ``law``.
 
-    The bound alone is smallest at M = 1 for every budget (see ``optimal_exponents``); the
-    balanced shape is the one with the least depth among the shapes that reach the optimal rate.
-    L and D are rounded (at least 1) and M = round(budget / (L D)), at least 1.
+    By default every term has the constant 1, as in the theorem's single constant C, so the shape
+    is L = P^a, M = P^b, D = P^c with the exponents of ``optimal_exponents``: the least depth that
+    reaches the optimal rate. The bound alone is smallest at M = 1 for every budget, because L and M
+    enter the width term only through L M and L also shrinks the depth term, so minimising it
+    directly gives no useful shape. ``fitted_constants=True`` balances the terms with the law's
+    fitted constants instead; the small depth constants then push L towards 1 at moderate budgets.
+    L and D are rounded (at least 1) and M = round(budget / (L D)), at least 1. ``Shape.bound`` is
+    the law's bound with its fitted constants.
     """
-    L_real, _, D_real = balanced_shape(budget, law)
+    constants = None if fitted_constants else (1.0,) * len(law.terms)
+    L_real, _, D_real = balanced_shape(budget, law, constants)
     L = max(1, round(L_real))
     D = max(1, round(D_real))
     M = max(1, round(budget / (L * D)))

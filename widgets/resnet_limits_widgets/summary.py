@@ -67,11 +67,11 @@ def shape_summary_html(L: int, M: int, D: int) -> str:
         "<p>Error laws (fitted constants):</p>"
         '<table style="border-collapse: collapse;"><tr><th style="text-align:left">error</th>'
         '<th style="text-align:left">predicted</th><th style="text-align:left">bound</th>'
-        '<th style="text-align:left">optimal (balanced) shape at this P</th>'
+        '<th style="text-align:left">optimal shape at this P</th>'
         '<th style="text-align:left">optimal rate</th></tr>'
         f"{''.join(law_rows)}</table>"
         '<p style="color:#555">predicted: root sum of squares of the terms times their constants; '
-        "bound: their sum. The balanced shape gives every term, constant included, the same value. "
-        "Growing L, M, D as the powers of P in the last column makes the error fall fastest in P.</p>"
+        "bound: their sum. The optimal shape grows L, M and D as the powers of P in the last column, "
+        "which makes the bound fall fastest in P with the least depth.</p>"
         "</div>"
     )
