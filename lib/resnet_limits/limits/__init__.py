@@ -1,5 +1,6 @@
 """Limit simulators: the fixed-D Mean ODE and the large-D limit."""
 
+from resnet_limits.limits.linear import LinearLimitSolution, exact_linear_limit
 from resnet_limits.limits.mean_ode import (
     FIXED_DIM,
     LARGE_DIM,
@@ -16,7 +17,9 @@ from resnet_limits.limits.mean_ode import (
 __all__ = [
     "FIXED_DIM",
     "LARGE_DIM",
+    "LinearLimitSolution",
     "SpanProblem",
+    "exact_linear_limit",
     "fixed_dim_problem",
     "large_dim_basis",
     "large_dim_problem",
