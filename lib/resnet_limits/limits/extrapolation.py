@@ -1,15 +1,16 @@
 """Richardson extrapolation of the particle simulator in depth, with an error estimate.
 
 The particle system with L' depth points is an Euler scheme in s, so a quantity X computed with
-it has a bias c / L' + O(1/L'^2). From three levels L', 2 L' and 4 L':
+it has a bias c_1 / L' + c_2 / L'^2 + O(1/L'^3). From three levels L', 2 L' and 4 L':
 
     R_1 = 2 X(2 L') - X(L'),   R_2 = 2 X(4 L') - X(2 L')
 
-both cancel the 1/L' term, and R_2 - R_1 is about 3 times the O(1/L'^2) error of R_2, so
-|R_2 - R_1| / 3 estimates the error of the returned R_2. The estimate also contains the Monte
-Carlo noise of the levels, which is what a tanh simulation has left once the depth bias is gone.
-With the identity activation the moment-matched particles make the drift exact, so only the
-depth bias remains and the estimate is that of the scheme.
+both cancel the 1/L' term, and R_2 - R_1 is about 3 times the 1/L'^2 error of R_2. The result
+is R_3 = R_2 + (R_2 - R_1) / 3, which cancels that term too, and |R_2 - R_1| / 3, the error
+of R_2, is reported as the estimate of its error: an overestimate by the factor by which R_3
+improves on R_2. The estimate also contains the Monte Carlo noise of the levels, which is what a
+tanh simulation has left once the depth bias is gone. With the identity activation the
+moment-matched particles make the drift exact, so only the depth bias remains.
 
 ``estimate_limit`` doubles L' until the estimate falls below a requested tolerance.
 """
@@ -66,21 +67,24 @@ def _rms_per_step(difference_TxDoutxN: np.ndarray) -> np.ndarray:
 
 
 def extrapolate_levels(levels: list[Trajectory], task: Task) -> tuple[Trajectory, float]:
-    """Return R_2 from the last three levels (L', 2 L', 4 L') and the estimate of its error."""
+    """Return R_3 from the last three levels (L', 2 L', 4 L') and the estimate of its error."""
     first, second, third = levels[-3:]
-    f_rough, _ = _extrapolate(first, second)
+    f_rough, a_rough = _extrapolate(first, second)
     f_fine, a_fine = _extrapolate(second, third)
     steps = min(len(f_rough), len(f_fine))
-    f_fine, a_fine = f_fine[:steps], a_fine[:steps]
-    error = float(np.max(_rms_per_step(f_fine - f_rough[:steps]))) / 3
+    f_correction = (f_fine[:steps] - f_rough[:steps]) / 3
+    a_correction = (a_fine[:steps] - a_rough[:steps]) / 3
+    error = float(np.max(_rms_per_step(f_correction)))
+    f_best = f_fine[:steps] + f_correction
+    a_best = a_fine[:steps] + a_correction
 
     y_DoutxN = np.asarray(task.y_DoutxN, np.float64)
-    loss = np.array([float(mean_squared_loss(f, y_DoutxN, task.loss_scale)) for f in f_fine])
+    loss = np.array([float(mean_squared_loss(f, y_DoutxN, task.loss_scale)) for f in f_best])
     diverged = [t.diverged_at for t in levels[-3:] if t.diverged_at is not None]
     trajectory = Trajectory(
         loss_K=loss,
-        f_KxDoutxN=f_fine,
-        h_KxDxN=a_fine,
+        f_KxDoutxN=f_best,
+        h_KxDxN=a_best,
         diverged_at=min(diverged) if diverged else None,
     )
     return trajectory, error
