@@ -138,9 +138,10 @@ def test_limit_table(capsys):
     assert status == 0
     lines = out.splitlines()
     assert lines[0] == "large-D limit of paper-linear  status completed"
-    assert lines[1].split()[:2] == ["step", "loss"]
-    assert [line.split()[0] for line in lines[2:]] == ["0", "1", "2"]
-    assert all(len(line.split()) == 5 for line in lines[2:])  # step, loss, 3 outputs
+    assert lines[1].startswith("depth points L': 8, 16, 32; estimated RMS error of f: ")
+    assert lines[2].split()[:2] == ["step", "loss"]
+    assert [line.split()[0] for line in lines[3:]] == ["0", "1", "2"]
+    assert all(len(line.split()) == 5 for line in lines[3:])  # step, loss, 3 outputs
 
 
 @pytest.mark.parametrize(
@@ -212,3 +213,34 @@ def test_limit_divergence_exits_3(capsys):
     result = json.loads(out)
     assert result["status"] == "diverged"
     assert len(result["steps"]) == result["diverged_at_step"]
+
+
+def test_limit_tolerance_met(capsys):
+    argv = ["limit", "--task", "paper-linear", "--tol", "1e-6", "--dtype", "float64",
+            "--limit-depth", "4", "--limit-particles", "64", "--json"]
+    status, out, _ = run_main(capsys, argv)
+    result = json.loads(out)
+    assert status == 0
+    assert result["status"] == "completed"
+    assert result["error_estimate"] <= 1e-6
+    assert result["settings"]["tol"] == 1e-6
+    assert len(result["depth_points"]) == 3
+    assert result["depth_points"][0] > 4
+
+
+def test_limit_tolerance_not_reached(capsys):
+    # float32 rounding keeps the estimate near 1e-6, so 1e-12 cannot be met.
+    argv = ["limit", "--task", "paper-linear", "--tol", "1e-12", "--steps", "2",
+            "--limit-depth", "4", "--limit-particles", "64", "--json"]
+    status, out, err = run_main(capsys, argv)
+    result = json.loads(out)
+    assert status == 4
+    assert result["status"] == "tolerance not reached"
+    assert len(result["steps"]) == 3
+    assert "above the tolerance" in err
+
+
+def test_limit_rejects_bad_tolerance(capsys):
+    status, _, err = run_main(capsys, ["limit", "--tol", "0"])
+    assert status == 2
+    assert "--tol" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -20,10 +21,13 @@ from resnet_limits.config import (
     check_positive_float,
     check_positive_int,
 )
+from resnet_limits.limits.extrapolation import ToleranceNotReached, estimate_limit
 from resnet_limits.tasks import TASKS
+from resnet_limits.training import Trajectory
 
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
+EXIT_TOLERANCE = 4
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -57,9 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dim", "-D", type=int, default=64, help="embedding dimension D (default 64)")
     _add_common(train)
 
-    limit = commands.add_parser("limit", help="simulate the large-D limit, or the fixed-D Mean ODE with --dim")
+    limit = commands.add_parser(
+        "limit",
+        help="simulate the large-D limit, or the fixed-D Mean ODE with --dim, extrapolated in depth",
+        description="Simulate the limit with L', 2 L' and 4 L' depth points (L' = --limit-depth) and "
+                    "extrapolate to infinite depth; the result comes with an estimate of its error.",
+    )
     limit.add_argument("--dim", "-D", type=int, default=None,
                        help="simulate the fixed-D Mean ODE of the embeddings of this D and --seed")
+    limit.add_argument("--tol", type=float, default=None,
+                       help="largest accepted estimate of the RMS error of the outputs f_k; doubles the "
+                            "depth points from --limit-depth until it is met (default: three levels only)")
     _add_common(limit)
     return parser
 
@@ -87,11 +99,11 @@ class _ProgressLine:
         self.start = time.perf_counter()
         self.stage = None
 
-    def update(self, stage: str, done: int, total: int) -> None:
+    def update(self, stage: str, done: int, total: int, unit: str = "steps") -> None:
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.start
-        line = f"{stage:<18} {done:>4}/{total} steps  {elapsed:6.1f} s"
+        line = f"{stage:<18} {done:>4}/{total} {unit}  {elapsed:6.1f} s"
         if self.interactive:
             print(f"\r{line}", end="", file=sys.stderr, flush=True)
         elif stage != self.stage or done == total:
@@ -165,32 +177,54 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
         key_embed, _ = jax.random.split(jax.random.key(base.seed))
         w_embed, w_unembed = coupled_embeddings(key_embed, task, base.D, jax_dtype(base.dtype))
         problem, _ = limits.fixed_dim_problem(w_embed, w_unembed)
-    check_memory(base, task.num_samples, limit_settings, task.span_dim, budget)
+    tol = None if args.tol is None else check_positive_float("tol", args.tol, "--tol")
 
     progress = _ProgressLine(enabled=not args.json or sys.stderr.isatty())
-    records = []
+    finished_levels: list[tuple[int, Trajectory]] = []
+
+    def start_level(index: int, depth_points: int) -> None:
+        level_settings = dataclasses.replace(limit_settings, depth_points=depth_points)
+        check_memory(base, task.num_samples, level_settings, task.span_dim, budget)
+        progress.update(f"{problem.kind} L'={depth_points}", index, max(3, index + 1), unit="levels done")
+
+    def finish_level(depth_points: int, trajectory: Trajectory) -> None:
+        finished_levels.append((depth_points, trajectory))
+
+    estimate = None
     status = "completed"
-    diverged_at = None
     try:
-        for record in limits.limit_steps(
+        estimate = estimate_limit(
             problem,
             task,
             limit_settings,
+            tol=tol,
             steps=base.K,
             learning_rate=base.learning_rate,
             alpha=base.alpha,
             activation=base.activation,
             dtype=base.dtype,
-        ):
-            progress.update(problem.kind, record.step + 1, base.K + 1)
-            if record.diverged:
-                status, diverged_at = "diverged", record.step
-                break
-            records.append(record)
+            on_level=start_level,
+            on_level_done=finish_level,
+        )
+        trajectory = estimate.trajectory
+    except ToleranceNotReached as error:
+        print(f"\nresnet-limits: {error}", file=sys.stderr)
+        status = "tolerance not reached"
+        estimate = error.best
+        trajectory = estimate.trajectory
     except KeyboardInterrupt:
+        print("\nresnet-limits: interrupted; printing the finest level simulated so far", file=sys.stderr)
         status = "interrupted"
-        print("\nresnet-limits: interrupted; printing the steps computed so far", file=sys.stderr)
+        trajectory = finished_levels[-1][1] if finished_levels else None
     progress.close()
+
+    diverged_at = None if trajectory is None else trajectory.diverged_at
+    if diverged_at is not None:
+        status = "diverged"
+    steps = []
+    if trajectory is not None:
+        for step, (loss, f_DoutxN) in enumerate(zip(trajectory.loss_K, trajectory.f_KxDoutxN)):
+            steps.append({"step": step, "loss": float(loss), "output": f_DoutxN.astype(float).tolist()})
 
     result = {
         "kind": problem.kind,
@@ -205,12 +239,14 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
             "dtype": base.dtype,
             "limit_depth_points": limit_settings.depth_points,
             "limit_particles": limit_settings.particles,
+            "tol": tol,
         },
         "status": status,
         "diverged_at_step": diverged_at,
-        "steps": [
-            {"step": r.step, "loss": r.loss, "output": r.f_DoutxN.astype(float).tolist()} for r in records
-        ],
+        "error_estimate": None if estimate is None else estimate.error_estimate,
+        "relative_error_estimate": None if estimate is None else estimate.relative_error_estimate,
+        "depth_points": list(estimate.depth_points) if estimate is not None else [d for d, _ in finished_levels],
+        "steps": steps,
     }
     if args.json:
         print(json.dumps(result, indent=1))
@@ -220,6 +256,8 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
 
 
 def _exit_status(status: str, diverged_at: int | None) -> int:
+    if status == "tolerance not reached":
+        return EXIT_TOLERANCE
     if status == "diverged":
         print(f"resnet-limits: the run diverged at step {diverged_at} (loss not finite, or above 1e6 times its initial value); "
               "lower --lr or --alpha", file=sys.stderr)
@@ -251,6 +289,9 @@ def _print_train_table(result: dict) -> None:
 def _print_limit_table(result: dict) -> None:
     where = "" if result["dim"] is None else f" D={result['dim']} seed={result['seed']}"
     print(f"{result['kind']} limit of {result['task']}{where}  status {result['status']}")
+    levels = ", ".join(str(depth) for depth in result["depth_points"])
+    print(f"depth points L': {levels}; estimated RMS error of f: {_format(result['error_estimate'])} "
+          f"(relative to y: {_format(result['relative_error_estimate'])})")
     print(f"{'step':>4} {'loss':>11}  output (first sample)")
     for row in result["steps"]:
         first = [column[0] for column in row["output"]]

@@ -103,12 +103,14 @@ def estimate_limit(
     dtype: str = "float64",
     max_depth_points: int = MAX_DEPTH_POINTS,
     on_level: Callable[[int, int], None] | None = None,
+    on_level_done: Callable[[int, Trajectory], None] | None = None,
 ) -> LimitEstimate:
     """Simulate the limit at L', 2 L', 4 L' (and further doublings until ``tol`` is met).
 
     ``settings.depth_points`` is the coarsest L'; every level uses ``settings.particles``
     particles per depth point and its own seed. Without ``tol`` exactly three levels run.
-    ``on_level(level_index, depth_points)`` is called before each level. Raises
+    ``on_level(level_index, depth_points)`` is called before each level and
+    ``on_level_done(depth_points, trajectory)`` after it, so a caller keeps finished levels. Raises
     ToleranceNotReached, carrying the best estimate, when L' would exceed ``max_depth_points``.
     """
     settings.validate()
@@ -124,6 +126,8 @@ def estimate_limit(
         level_settings = dataclasses.replace(settings, depth_points=depth, seed=settings.seed + len(levels))
         levels.append(simulate_limit(problem, task, level_settings, **kwargs))
         depths.append(depth)
+        if on_level_done is not None:
+            on_level_done(depth, levels[-1])
         depth *= 2
         if len(levels) < 3:
             continue
@@ -142,6 +146,6 @@ def estimate_limit(
             raise ToleranceNotReached(
                 f"error estimate {error:.3g} is above the tolerance {tol:.3g} at L' = {depths[-1]}; "
                 f"raise the tolerance, the particles per depth point ({settings.particles}) "
-                f"or the largest depth ({max_depth_points})",
+                f"or the largest depth ({max_depth_points}), or compute in float64",
                 estimate,
             )
