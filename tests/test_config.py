@@ -74,10 +74,11 @@ def test_resolved_keeps_given_values():
         ({"task": "mnist"}, "unknown task 'mnist'; choose one of: paper-linear, paper-tanh"),
         ({"activation": "relu"}, "unknown activation 'relu'; choose one of: tanh, identity"),
         ({"dtype": "float16"}, "unknown dtype 'float16'; choose one of: float32, float64"),
-        ({"seed": -1}, "seed must be a non-negative integer, got -1"),
-        ({"seed": 1.5}, "seed must be a non-negative integer, got 1.5"),
+        ({"seed": -1}, "seed must be an integer from 0 to 4294967295, got -1; set --seed in that range"),
+        ({"seed": 1.5}, "seed must be an integer from 0 to 4294967295, got 1.5; set --seed in that range"),
+        ({"seed": 2**32}, "seed must be an integer from 0 to 4294967295, got 4294967296; set --seed in that range"),
     ],
-    ids=["task", "activation", "dtype", "seed-negative", "seed-float"],
+    ids=["task", "activation", "dtype", "seed-negative", "seed-float", "seed-too-large"],
 )
 def test_run_config_rejects_invalid_values(changes, expected):
     with pytest.raises(ConfigError) as error:

@@ -108,7 +108,7 @@ def test_cancel_keeps_partial_rows(app):
     assert 3 <= kept < 11
     assert len(chart_records(app.error_chart, "error")) == 4 * kept + 2 * 2
     assert law_points(app) == []
-    assert f"cancelled after {kept} of 11 steps" in app.last_run.value
+    assert f"cancelled at step {kept - 1} of 10; steps 0 to {kept - 1} are plotted" in app.last_run.value
     assert app.cancel_button.disabled
 
 
@@ -147,7 +147,8 @@ def test_memory_budget_shows_message(app):
 
     assert app.start_run() is None
     assert "over the memory budget" in app.message.value
-    assert "ExplorerApp(memory_budget_bytes=...)" in app.message.value
+    assert app.message.value.endswith("reduce L, M or D</div>")
+    assert "--memory-budget" not in app.message.value
     assert app.comparison is None
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_limits.config import LimitSettings, RunConfig
+from resnet_limits.config import LimitSettings, RunConfig, jax_dtype
 from resnet_limits.experiment import ERROR_COLUMNS, STAGE_TRAINING, Comparison, LimitCache
 from resnet_limits.models import MLUResNet
 from resnet_limits.tasks import coupled_embeddings, get_task
@@ -158,3 +158,24 @@ def test_comparison_reuses_cached_limits():
     events = list(second.events())
     assert [event.stage for event in events] == [STAGE_TRAINING] * 3
     assert second.rows == first.rows
+
+
+def test_huge_alpha_diverges_at_start():
+    # alpha = 1e9 starts with a loss near 1e15, far above 1e6 times the loss of the zero output.
+    comparison = Comparison(RunConfig(L=4, M=8, D=8, K=3, alpha=1e9), LimitSettings(8, 64)).run()
+    assert comparison.status == "diverged"
+    assert comparison.diverged_at == 0
+    assert comparison.rows == []
+
+
+def test_float64_shares_units_with_float32():
+    task = get_task("paper-tanh")
+    losses = []
+    for dtype in (jax_dtype("float32"), jax_dtype("float64")):
+        w_embed, w_unembed = coupled_embeddings(jax.random.key(0), task, 16, dtype)
+        model = MLUResNet(w_embed, w_unembed, depth=4, width=8, key=jax.random.key(1))
+        record = next(training_steps(model, task.x_DinxN, task.y_DoutxN, steps=0, learning_rate=1.0,
+                                     loss_scale=task.loss_scale))
+        losses.append(record.loss)
+    # Same draws, so the two losses differ only by float32 rounding.
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -33,10 +33,14 @@ EXIT_TOLERANCE = 4
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="paper-tanh", choices=sorted(TASKS), help="task (default: paper-tanh)")
     parser.add_argument("--steps", "-K", type=int, default=None, help="gradient steps K (default: the task's, 15)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate eta; the raw step is eta L M D / alpha^2")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate eta (default: the task's, 1 for paper-tanh, 0.1 for paper-linear); "
+                             "the raw step is eta L M D / alpha^2")
     parser.add_argument("--alpha", type=float, default=None, help="residual scale alpha (default 1, the MLU regime)")
     parser.add_argument("--activation", choices=ACTIVATIONS, default=None, help="unit activation (default: the task's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the embeddings and unit weights (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the embeddings and unit weights, 0 to 2^32 - 1 (default 0); "
+                             "the large-D limit does not depend on it")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="floating-point type (default float32)")
     parser.add_argument("--limit-depth", type=int, default=LimitSettings.depth_points,
                         help=f"depth points L' of the limit simulator (default {LimitSettings.depth_points})")
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         limit_settings = LimitSettings(args.limit_depth, args.limit_particles).validate()
-        budget_gib = check_positive_float("memory budget", args.memory_budget, "--memory-budget")
+        budget_gib = check_positive_float("memory budget", args.memory_budget, "--memory-budget", example=2)
         budget = int(budget_gib * 2**30)
         if args.command == "train":
             return _train(args, limit_settings, budget)
@@ -88,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"resnet-limits: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of standard output stopped early (as `| head` does); nothing is left to report.
+        sys.stderr.close()
+        return 0
 
 
 class _ProgressLine:
@@ -259,7 +267,7 @@ def _exit_status(status: str, diverged_at: int | None) -> int:
     if status == "tolerance not reached":
         return EXIT_TOLERANCE
     if status == "diverged":
-        print(f"resnet-limits: the run diverged at step {diverged_at} (loss not finite, or above 1e6 times its initial value); "
+        print(f"resnet-limits: the run diverged at step {diverged_at} (loss not finite, or over 1e6 times the larger of its initial value and the loss of a zero output); "
               "lower --lr or --alpha", file=sys.stderr)
         return EXIT_DIVERGED
     if status == "interrupted":

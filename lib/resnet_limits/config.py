@@ -34,6 +34,7 @@ class LimitSettings:
     seed: int = 0  # seed of the particles, independent of the network's seed
 
     def validate(self) -> LimitSettings:
+        check_seed(self.seed, "LimitSettings.seed")
         check_positive_int("depth_points", self.depth_points, "--limit-depth")
         check_positive_int("particles", self.particles, "--limit-particles")
         if self.particles % 2:
@@ -101,13 +102,23 @@ class RunConfig:
             )
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPES)}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_seed(self.seed, "--seed")
 
     @property
     def num_parameters(self) -> int:
         """P = L M D, the parameter count that the bound is stated in."""
         return self.L * self.M * self.D
+
+
+# jax.random.key takes seeds below 2^32 without folding distinct seeds onto one key.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(value, option: str) -> int:
+    """Raise ConfigError unless ``value`` is an integer seed from 0 to 2^32 - 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer from 0 to {MAX_SEED}, got {value!r}; set {option} in that range")
+    return int(value)
 
 
 def check_positive_int(name: str, value, option: str) -> int:
@@ -119,13 +130,13 @@ def check_positive_int(name: str, value, option: str) -> int:
     return value
 
 
-def check_positive_float(name: str, value, option: str) -> float:
-    """Raise ConfigError unless ``value`` is a positive finite number."""
+def check_positive_float(name: str, value, option: str, example: float = 0.1) -> float:
+    """Raise ConfigError unless ``value`` is a positive finite number; ``example`` is suggested."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{name} must be a positive number, got {value!r}; set {option}")
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(
-            f"{name} must be positive and finite, got {value}; set {option} to a value such as 0.1"
+            f"{name} must be positive and finite, got {value}; set {option} to a value such as {example}"
         )
     return float(value)
 

@@ -22,9 +22,9 @@ from flax import nnx
 from resnet_limits.models import MLUResNet
 
 
-# A run counts as diverged once its loss exceeds the initial loss by this factor, even while
-# the numbers are still finite: gradient descent that grows the loss a millionfold has left
-# the regime that the limits describe.
+# A run counts as diverged once its loss exceeds this factor times the larger of its initial loss
+# and the loss of the zero output, even while the numbers are still finite. A loss a millionfold
+# above both has left the regime that the limits describe, whether it grew there or started there.
 DIVERGENCE_FACTOR = 1e6
 
 
@@ -33,7 +33,8 @@ class StepRecord:
     """The forward pass at step k: loss, output f (d_out x N) and last stream H_L (D x N).
 
     ``diverged`` is True when the loss or the stream is not finite, or the loss exceeds
-    DIVERGENCE_FACTOR times the loss at step 0.
+    DIVERGENCE_FACTOR times the larger of the loss at step 0 and the loss of the zero output
+    (at step 0, the loss of the zero output alone).
     """
 
     step: int
@@ -110,16 +111,17 @@ def training_steps(
     raw_learning_rate = jnp.asarray(learning_rate * model.learning_rate_multiplier(), dtype)
     loss_scale = jnp.asarray(loss_scale, dtype)
 
-    divergence_level = None
+    zero_output_loss = float(mean_squared_loss(jnp.zeros_like(y_DoutxN), y_DoutxN, loss_scale))
+    divergence_level = DIVERGENCE_FACTOR * max(zero_output_loss, np.finfo(np.float32).tiny)
     for step in range(steps + 1):
         new_params, loss, f_DoutxN, h_DxN = _gradient_step(
             graphdef, params, frozen, x_DinxN, y_DoutxN, loss_scale, raw_learning_rate
         )
         loss = float(loss)
         h_DxN = np.asarray(h_DxN)
-        if divergence_level is None:
-            divergence_level = DIVERGENCE_FACTOR * max(loss, np.finfo(np.float32).tiny)
         diverged = not (np.isfinite(loss) and np.all(np.isfinite(h_DxN))) or loss > divergence_level
+        if step == 0 and not diverged:
+            divergence_level = max(divergence_level, DIVERGENCE_FACTOR * loss)
         record = StepRecord(step, loss, np.asarray(f_DoutxN), h_DxN, diverged)
         yield record
         if diverged or step == steps:

@@ -52,7 +52,7 @@ CONTROL_NAMES = {
     "--steps": "the K slider",
     "--lr": "the learning rate",
     "--alpha": "α",
-    "--memory-budget on the command line": "ExplorerApp(memory_budget_bytes=...)",
+    ", or raise the budget (--memory-budget on the command line)": "",
 }
 
 MESSAGE_STYLES = {
@@ -394,7 +394,12 @@ class ExplorerApp:
         elif outcome.status == "diverged":
             self.progress.bar_style = "danger"
             self.status.value = f"Diverged at step {comparison.diverged_at}."
-            text = f"{shape}: diverged at step {comparison.diverged_at}; {kept} steps before it are plotted."
+            text = (
+                f"{shape}: diverged at step {comparison.diverged_at}; "
+                f"steps 0 to {kept - 1} before it are plotted."
+                if kept
+                else f"{shape}: diverged at step {comparison.diverged_at}; no step is plotted."
+            )
             self._show_message(
                 f"Training diverged at step {comparison.diverged_at}: the loss became infinite or grew "
                 "far above its initial value. Lower the learning rate or α.",
@@ -403,7 +408,11 @@ class ExplorerApp:
         elif outcome.status == "cancelled":
             self.progress.bar_style = "warning"
             self.status.value = "Cancelled."
-            text = f"{shape}: cancelled after {kept} of {config.K + 1} steps; those steps are plotted."
+            text = (
+                f"{shape}: cancelled at step {kept - 1} of {config.K}; steps 0 to {kept - 1} are plotted."
+                if kept
+                else f"{shape}: cancelled before training started."
+            )
         else:
             self.progress.bar_style = "danger"
             self.status.value = "Failed."

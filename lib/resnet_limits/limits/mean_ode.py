@@ -135,8 +135,9 @@ def antithetic_units(key: jax.Array, settings: LimitSettings, span_dim: int, dty
         )
     key_u, key_v = jax.random.split(key)
     half = (settings.depth_points, span_dim, half_width)
-    u_half = _match_moments(jax.random.normal(key_u, half, dtype))
-    v_half = _match_moments(jax.random.normal(key_v, half, dtype))
+    # Draws are in float32, as for the networks, and the moments are matched in ``dtype``.
+    u_half = _match_moments(jax.random.normal(key_u, half, jnp.float32).astype(dtype))
+    v_half = _match_moments(jax.random.normal(key_v, half, jnp.float32).astype(dtype))
     u_LxKxM = jnp.concatenate([u_half, u_half], axis=2)
     v_LxKxM = jnp.concatenate([v_half, -v_half], axis=2)
     return u_LxKxM, v_LxKxM
