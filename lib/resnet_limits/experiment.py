@@ -112,6 +112,12 @@ class Comparison:
         self.diverged_at: int | None = None  # step at which the network's training diverged
         self.limit_diverged_at: dict[str, int] = {}  # per limit kind, when its simulation diverged
         self.completed = False
+        # The network, set when training starts. Whenever the caller holds control between
+        # events, its parameters are those of step ``model_step``.
+        self.model: MLUResNet | None = None
+        self.model_step: int | None = None
+        # Per limit kind, the span problem and the basis (D x k) that maps its coefficients to R^D.
+        self.span_problems: dict[str, tuple[limits.SpanProblem, np.ndarray]] = {}
 
     # -- the work -----------------------------------------------------------------------------
 
@@ -129,6 +135,10 @@ class Comparison:
         large_problem = limits.large_dim_problem(task)
         large_basis = limits.large_dim_basis(task, w_embed, w_unembed)
         fixed_problem, fixed_basis = limits.fixed_dim_problem(w_embed, w_unembed)
+        self.span_problems = {
+            large_problem.kind: (large_problem, large_basis),
+            fixed_problem.kind: (fixed_problem, fixed_basis),
+        }
 
         references = {}
         for stage, problem in ((STAGE_LIMIT, large_problem), (STAGE_MEAN_ODE, fixed_problem)):
@@ -158,6 +168,7 @@ class Comparison:
             alpha=config.alpha,
             activation=config.activation,
         )
+        self.model = model
         for record in training_steps(
             model,
             task.x_DinxN,
@@ -167,6 +178,7 @@ class Comparison:
             loss_scale=task.loss_scale,
         ):
             done += 1
+            self.model_step = record.step
             if record.diverged:
                 self.diverged_at = record.step
                 yield Progress(STAGE_TRAINING, done, total)

@@ -1,5 +1,5 @@
 """Flax NNX models in the MLU parametrisation."""
 
-from resnet_limits.models.resnet import MLUResNet, activation_function, residual_stream
+from resnet_limits.models.resnet import MLUResNet, activation_function, residual_stream, residual_streams
 
-__all__ = ["MLUResNet", "activation_function", "residual_stream"]
+__all__ = ["MLUResNet", "activation_function", "residual_stream", "residual_streams"]

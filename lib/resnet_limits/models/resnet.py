@@ -46,6 +46,19 @@ class Embedding(nnx.Variable):
     """A frozen embedding matrix: part of the model, never trained."""
 
 
+def _residual_block(alpha: float, activation: str, metric: float, depth: int, width: int):
+    """Return block(H_{l-1}, (U_l, V_l)) = H_{l-1} + alpha / (L M) V_l sigma(metric U_l^T H_{l-1})."""
+    sigma = activation_function(activation)
+    branch_scale = alpha / (depth * width)
+
+    def block(h_DxN, weights):
+        u_DxM, v_DxM = weights
+        p_MxN = metric * (u_DxM.T @ h_DxN)
+        return h_DxN + branch_scale * (v_DxM @ sigma(p_MxN))
+
+    return block
+
+
 def residual_stream(
     u_LxDxM: jax.Array,
     v_LxDxM: jax.Array,
@@ -60,16 +73,38 @@ def residual_stream(
     Block l computes P_l = metric * U_l^T H_{l-1} and H_l = H_{l-1} + alpha / (L M) V_l sigma(P_l).
     """
     depth, _, width = u_LxDxM.shape
-    sigma = activation_function(activation)
-    branch_scale = alpha / (depth * width)
-
-    def block(h_DxN, weights):
-        u_DxM, v_DxM = weights
-        p_MxN = metric * (u_DxM.T @ h_DxN)
-        return h_DxN + branch_scale * (v_DxM @ sigma(p_MxN)), None
-
-    h_DxN, _ = jax.lax.scan(block, h0_DxN, (u_LxDxM, v_LxDxM))
+    block = _residual_block(alpha, activation, metric, depth, width)
+    h_DxN, _ = jax.lax.scan(lambda h, weights: (block(h, weights), None), h0_DxN, (u_LxDxM, v_LxDxM))
     return h_DxN
+
+
+def residual_streams(
+    u_LxDxM: jax.Array,
+    v_LxDxM: jax.Array,
+    h0_DxN: jax.Array,
+    *,
+    alpha: float,
+    activation: str,
+    metric: float,
+    offsets_LxDxN: jax.Array | None = None,
+) -> jax.Array:
+    """Apply the L residual blocks to H_0 and return every stream H_0, ..., H_L ((L+1) x D x N).
+
+    ``offsets_LxDxN``, when given, is added to H_l after block l. Its gradient is dJ/dH_l, so
+    differentiating at zero offsets gives the gradient with respect to every intermediate stream.
+    """
+    depth, _, width = u_LxDxM.shape
+    block = _residual_block(alpha, activation, metric, depth, width)
+    if offsets_LxDxN is None:
+        offsets_LxDxN = jnp.zeros((depth, *h0_DxN.shape), h0_DxN.dtype)
+
+    def step(h_DxN, inputs):
+        u_DxM, v_DxM, offset_DxN = inputs
+        h_DxN = block(h_DxN, (u_DxM, v_DxM)) + offset_DxN
+        return h_DxN, h_DxN
+
+    _, h_LxDxN = jax.lax.scan(step, h0_DxN, (u_LxDxM, v_LxDxM, offsets_LxDxN))
+    return jnp.concatenate([h0_DxN[None], h_LxDxN], axis=0)
 
 
 class MLUResNet(nnx.Module):
