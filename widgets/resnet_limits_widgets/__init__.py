@@ -1,5 +1,6 @@
 """Interactive apps of resnet-limits: ipywidgets controls and Altair charts over the library."""
 
+from resnet_limits_widgets.coordinates import CoordinateView
 from resnet_limits_widgets.explorer import ExplorerApp
 
-__all__ = ["ExplorerApp"]
+__all__ = ["CoordinateView", "ExplorerApp"]
