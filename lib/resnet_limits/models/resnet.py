@@ -136,9 +136,10 @@ class MLUResNet(nnx.Module):
             if key is None:
                 raise ValueError("MLUResNet needs either key or units; pass key=jax.random.key(seed)")
             key_u, key_v = jax.random.split(key)
+            # Draws are in float32 so that float32 and float64 models of one seed share their units.
             std = jnp.asarray(1.0 / self.metric, dtype) ** 0.5
-            u_LxDxM = std * jax.random.normal(key_u, (depth, dim, width), dtype)
-            v_LxDxM = std * jax.random.normal(key_v, (depth, dim, width), dtype)
+            u_LxDxM = std * jax.random.normal(key_u, (depth, dim, width), jnp.float32).astype(dtype)
+            v_LxDxM = std * jax.random.normal(key_v, (depth, dim, width), jnp.float32).astype(dtype)
         else:
             u_LxDxM, v_LxDxM = units
             expected = (depth, dim, width)
