@@ -138,7 +138,7 @@ def test_limit_table(capsys):
     assert status == 0
     lines = out.splitlines()
     assert lines[0] == "large-D limit of paper-linear  status completed"
-    assert lines[1].startswith("depth points L': 8, 16, 32; estimated RMS error of f: ")
+    assert lines[1].startswith("depth points L': 8, 16, 32; particles M': 256; estimated RMS error of f: ")
     assert lines[2].split()[:2] == ["step", "loss"]
     assert [line.split()[0] for line in lines[3:]] == ["0", "1", "2"]
     assert all(len(line.split()) == 5 for line in lines[3:])  # step, loss, 3 outputs

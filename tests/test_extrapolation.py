@@ -60,6 +60,7 @@ def test_extrapolation_order_three():
 
 
 def test_tolerance_doubles_depth():
+    # The linear drift is exact, so only the depth error is left and the search doubles L'.
     task = paper_linear()
     estimate = estimate_limit(
         large_dim_problem(task), task, LimitSettings(4, 64), tol=1e-6, activation="identity", **LINEAR_SETTINGS
@@ -67,6 +68,8 @@ def test_tolerance_doubles_depth():
     assert estimate.error_estimate <= 1e-6
     assert estimate.depth_points[0] > 4
     assert estimate.depth_points[1] == 2 * estimate.depth_points[0]
+    assert estimate.particles == 64
+    assert estimate.monte_carlo_error < 1e-12
 
 
 def test_tolerance_not_reached_keeps_estimate():
@@ -75,13 +78,34 @@ def test_tolerance_not_reached_keeps_estimate():
         estimate_limit(
             large_dim_problem(task),
             task,
-            LimitSettings(4, 64),
+            LimitSettings(4, 96),
             tol=1e-9,
             steps=2,
             learning_rate=1.0,
             alpha=1.0,
             activation="tanh",
             max_depth_points=16,
+            max_particles=96,
         )
     assert raised.value.best.depth_points == (4, 8, 16)
+    assert raised.value.best.particles == 96
     assert np.all(np.isfinite(raised.value.best.trajectory.f_KxDoutxN))
+
+
+def test_tolerance_doubles_particles_for_noise():
+    # With tanh units the Monte Carlo part dominates at L' = 16, so the search doubles M'.
+    task = paper_tanh()
+    kwargs = dict(steps=3, learning_rate=1.0, alpha=1.0, activation="tanh", dtype="float32")
+    first = estimate_limit(large_dim_problem(task), task, LimitSettings(16, 256), **kwargs)
+    assert first.monte_carlo_error > first.depth_error
+    refined = estimate_limit(
+        large_dim_problem(task), task, LimitSettings(16, 256), tol=first.error_estimate / 2, **kwargs
+    )
+    assert refined.particles > 256
+    assert refined.error_estimate <= first.error_estimate / 2
+
+
+def test_particles_multiple_of_eight():
+    task = paper_linear()
+    with pytest.raises(ValueError, match="multiple of 8"):
+        estimate_limit(large_dim_problem(task), task, LimitSettings(4, 100), activation="identity", **LINEAR_SETTINGS)

@@ -190,10 +190,10 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
     progress = _ProgressLine(enabled=not args.json or sys.stderr.isatty())
     finished_levels: list[tuple[int, Trajectory]] = []
 
-    def start_level(index: int, depth_points: int) -> None:
-        level_settings = dataclasses.replace(limit_settings, depth_points=depth_points)
-        check_memory(base, task.num_samples, level_settings, task.span_dim, budget)
-        progress.update(f"{problem.kind} L'={depth_points}", index, max(3, index + 1), unit="levels done")
+    def start_attempt(attempt: int, settings: LimitSettings) -> None:
+        check_memory(base, task.num_samples, settings, task.span_dim, budget)
+        progress.update(f"{problem.kind} L'={settings.depth_points} M'={settings.particles}", attempt,
+                        attempt + 1, unit="attempts")
 
     def finish_level(depth_points: int, trajectory: Trajectory) -> None:
         finished_levels.append((depth_points, trajectory))
@@ -211,7 +211,7 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
             alpha=base.alpha,
             activation=base.activation,
             dtype=base.dtype,
-            on_level=start_level,
+            on_level=start_attempt,
             on_level_done=finish_level,
         )
         trajectory = estimate.trajectory
@@ -254,6 +254,7 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
         "error_estimate": None if estimate is None else estimate.error_estimate,
         "relative_error_estimate": None if estimate is None else estimate.relative_error_estimate,
         "depth_points": list(estimate.depth_points) if estimate is not None else [d for d, _ in finished_levels],
+        "particles": None if estimate is None else estimate.particles,
         "steps": steps,
     }
     if args.json:
@@ -298,7 +299,8 @@ def _print_limit_table(result: dict) -> None:
     where = "" if result["dim"] is None else f" D={result['dim']} seed={result['seed']}"
     print(f"{result['kind']} limit of {result['task']}{where}  status {result['status']}")
     levels = ", ".join(str(depth) for depth in result["depth_points"])
-    print(f"depth points L': {levels}; estimated RMS error of f: {_format(result['error_estimate'])} "
+    print(f"depth points L': {levels}; particles M': {result['particles']}; "
+          f"estimated RMS error of f: {_format(result['error_estimate'])} "
           f"(relative to y: {_format(result['relative_error_estimate'])})")
     print(f"{'step':>4} {'loss':>11}  output (first sample)")
     for row in result["steps"]:

@@ -6,13 +6,22 @@ it has a bias c_1 / L' + c_2 / L'^2 + O(1/L'^3). From three levels L', 2 L' and 
     R_1 = 2 X(2 L') - X(L'),   R_2 = 2 X(4 L') - X(2 L')
 
 both cancel the 1/L' term, and R_2 - R_1 is about 3 times the 1/L'^2 error of R_2. The result
-is R_3 = R_2 + (R_2 - R_1) / 3, which cancels that term too, and |R_2 - R_1| / 3, the error
-of R_2, is reported as the estimate of its error: an overestimate by the factor by which R_3
-improves on R_2. The estimate also contains the Monte Carlo noise of the levels, which is what a
-tanh simulation has left once the depth bias is gone. With the identity activation the
-moment-matched particles make the drift exact, so only the depth bias remains.
+is R_3 = R_2 + (R_2 - R_1) / 3 = (8 X(4 L') - 6 X(2 L') + X(L')) / 3, which cancels that term
+too. Its depth error is estimated by |R_2 - R_1| / 3, the error of R_2, an overestimate by the
+factor by which R_3 improves on R_2.
 
-``estimate_limit`` doubles L' until the estimate falls below a requested tolerance.
+The three levels share one set of L' M' particles: level 4 L' draws M'/4 particles per depth
+point, and the coarser levels pool those of 2 or 4 neighbouring points (each pool is then
+moment-matched on its own). Their Monte Carlo errors are then strongly correlated, so the
+weights 8, -6 and 1 do not amplify them. Two independent replicas, each with its own particles,
+give the Monte Carlo error: half the difference of their R_3 values is the standard error of
+their mean, which is the returned result.
+
+The reported error is the root sum of squares of the depth and Monte Carlo estimates, as an RMS
+over the entries of f_k, at the worst step k. With the identity activation the moment-matched
+particles make the drift exact, so only the depth error remains; with tanh the Monte Carlo part
+dominates once L' is moderate. ``estimate_limit`` meets a tolerance by doubling L' when the
+depth error dominates and M' when the Monte Carlo error does.
 """
 
 from __future__ import annotations
@@ -20,19 +29,26 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from resnet_limits.config import LimitSettings
-from resnet_limits.limits.mean_ode import SpanProblem, simulate_limit
+from resnet_limits.config import ConfigError, LimitSettings, jax_dtype
+from resnet_limits.limits.mean_ode import SpanProblem, match_moments, particle_system
 from resnet_limits.tasks import Task
-from resnet_limits.training import Trajectory, mean_squared_loss
+from resnet_limits.training import Trajectory, mean_squared_loss, train
 
-# Largest L' that the tolerance search tries before it gives up.
+# Levels L', 2 L', 4 L' of one extrapolation.
+LEVELS = 3
+LEVEL_FACTOR = 2 ** (LEVELS - 1)
+
+# Largest L' and M' that the tolerance search tries before it gives up.
 MAX_DEPTH_POINTS = 8192
+MAX_PARTICLES = 2**20
 
 
 class ToleranceNotReached(RuntimeError):
-    """The error estimate stayed above the tolerance up to the largest depth allowed."""
+    """The error estimate stayed above the tolerance up to the largest L' and M' allowed."""
 
     def __init__(self, message: str, best: LimitEstimate):
         super().__init__(message)
@@ -43,51 +59,128 @@ class ToleranceNotReached(RuntimeError):
 class LimitEstimate:
     """An extrapolated limit trajectory and the estimate of its error.
 
-    ``error_estimate`` bounds, as an estimate, the RMS error of f_k over its d_out x N entries,
-    at the worst step k. ``relative_error_estimate`` divides it by the RMS of the targets y.
+    ``error_estimate`` is an estimate of the RMS error of f_k over its d_out x N entries, at the
+    worst step k, and ``relative_error_estimate`` divides it by the RMS of the targets y.
+    ``depth_error`` and ``monte_carlo_error`` are its two parts.
     """
 
     trajectory: Trajectory
     error_estimate: float
     relative_error_estimate: float
-    depth_points: tuple[int, ...]  # L' of the levels used, coarsest first
-    particles: int  # M' per depth point at every level
+    depth_error: float
+    monte_carlo_error: float
+    depth_points: tuple[int, ...]  # L' of the levels, coarsest first
+    particles: int  # M' per depth point at the coarsest level of each replica
 
 
-def _extrapolate(coarse: Trajectory, fine: Trajectory) -> tuple[np.ndarray, np.ndarray]:
-    """Return 2 X(fine) - X(coarse) for f and a(1), over the steps both levels finished."""
-    steps = min(len(coarse.loss_K), len(fine.loss_K))
-    f = 2 * fine.f_KxDoutxN[:steps] - coarse.f_KxDoutxN[:steps]
-    a = 2 * fine.h_KxDxN[:steps] - coarse.h_KxDxN[:steps]
-    return f, a
+def coupled_level_units(key: jax.Array, settings: LimitSettings, span_dim: int, dtype):
+    """Return units for levels L', 2 L', 4 L' that share one set of L' M' particles.
+
+    Each level's units are antithetic pairs, moment-matched at every depth point of that level.
+    """
+    finest_depth = settings.depth_points * LEVEL_FACTOR
+    half_width = settings.particles // (2 * LEVEL_FACTOR)
+    key_u, key_v = jax.random.split(key)
+    shape = (finest_depth, span_dim, half_width)
+    u_base = jax.random.normal(key_u, shape, jnp.float32).astype(dtype)
+    v_base = jax.random.normal(key_v, shape, jnp.float32).astype(dtype)
+
+    units = []
+    for level in range(LEVELS):
+        group = LEVEL_FACTOR // 2**level  # neighbouring finest points pooled per depth point
+        depth = finest_depth // group
+
+        def pool(z):
+            z = z.reshape(depth, group, span_dim, half_width).transpose(0, 2, 1, 3)
+            return match_moments(z.reshape(depth, span_dim, group * half_width))
+
+        u_half, v_half = pool(u_base), pool(v_base)
+        units.append((jnp.concatenate([u_half, u_half], axis=2), jnp.concatenate([v_half, -v_half], axis=2)))
+    return units
 
 
-def _rms_per_step(difference_TxDoutxN: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.mean(np.square(difference_TxDoutxN), axis=(1, 2)))
+def _check_particles(settings: LimitSettings, span_dim: int) -> None:
+    step = 2 * LEVEL_FACTOR
+    if settings.particles % step:
+        raise ConfigError(
+            f"particles must be a multiple of {step} to split into {LEVELS} coupled levels of antithetic "
+            f"pairs, got {settings.particles}; set --limit-particles to "
+            f"{settings.particles + step - settings.particles % step}"
+        )
+    if settings.particles // step <= span_dim:
+        smallest = step * (span_dim + 1)
+        raise ConfigError(
+            f"particles must be at least {smallest} to match moments in dimension k = {span_dim} at the "
+            f"finest level, got {settings.particles}; set --limit-particles to {smallest} or more"
+        )
 
 
-def extrapolate_levels(levels: list[Trajectory], task: Task) -> tuple[Trajectory, float]:
-    """Return R_3 from the last three levels (L', 2 L', 4 L') and the estimate of its error."""
-    first, second, third = levels[-3:]
-    f_rough, a_rough = _extrapolate(first, second)
-    f_fine, a_fine = _extrapolate(second, third)
-    steps = min(len(f_rough), len(f_fine))
-    f_correction = (f_fine[:steps] - f_rough[:steps]) / 3
-    a_correction = (a_fine[:steps] - a_rough[:steps]) / 3
-    error = float(np.max(_rms_per_step(f_correction)))
-    f_best = f_fine[:steps] + f_correction
-    a_best = a_fine[:steps] + a_correction
+def _simulate_replica(problem, task, settings: LimitSettings, *, dtype, on_level_done, **kwargs):
+    """Simulate the three coupled levels of one replica; return their trajectories."""
+    units = coupled_level_units(jax.random.key(settings.seed), settings, problem.span_dim, jax_dtype(dtype))
+    trajectories = []
+    for level, level_units in enumerate(units):
+        depth = settings.depth_points * 2**level
+        level_settings = dataclasses.replace(settings, depth_points=depth, particles=level_units[0].shape[2])
+        system = particle_system(
+            problem, level_settings, alpha=kwargs["alpha"], activation=kwargs["activation"], dtype=dtype,
+            units=level_units,
+        )
+        trajectory = train(
+            system, task.x_DinxN, task.y_DoutxN, steps=kwargs["steps"],
+            learning_rate=kwargs["learning_rate"], loss_scale=task.loss_scale,
+        )
+        trajectories.append(trajectory)
+        if on_level_done is not None:
+            on_level_done(depth, trajectory)
+    return trajectories
+
+
+def _common_steps(trajectories: list[Trajectory]) -> int:
+    return min(len(t.loss_K) for t in trajectories)
+
+
+def _richardson(trajectories: list[Trajectory], steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return R_3 of f and of a(1), and the depth correction (R_2 - R_1) / 3 of f."""
+    f1, f2, f4 = (t.f_KxDoutxN[:steps] for t in trajectories)
+    a1, a2, a4 = (t.h_KxDxN[:steps] for t in trajectories)
+    f_correction = ((2 * f4 - f2) - (2 * f2 - f1)) / 3
+    f_best = (8 * f4 - 6 * f2 + f1) / 3
+    a_best = (8 * a4 - 6 * a2 + a1) / 3
+    return f_best, a_best, f_correction
+
+
+def _rms_per_step(values_TxDoutxN: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.mean(np.square(values_TxDoutxN), axis=(1, 2)))
+
+
+def _estimate(replicas: list[list[Trajectory]], task: Task, settings: LimitSettings) -> LimitEstimate:
+    steps = min(_common_steps(levels) for levels in replicas)
+    (f_a, a_a, correction_a), (f_b, a_b, correction_b) = (_richardson(levels, steps) for levels in replicas)
+    f_best, a_best = (f_a + f_b) / 2, (a_a + a_b) / 2
+    depth_error = _rms_per_step((correction_a + correction_b) / 2)
+    monte_carlo_error = _rms_per_step((f_a - f_b) / 2)
+    total = np.sqrt(depth_error**2 + monte_carlo_error**2)
+    worst = int(np.argmax(total))
 
     y_DoutxN = np.asarray(task.y_DoutxN, np.float64)
-    loss = np.array([float(mean_squared_loss(f, y_DoutxN, task.loss_scale)) for f in f_best])
-    diverged = [t.diverged_at for t in levels[-3:] if t.diverged_at is not None]
+    diverged = [t.diverged_at for levels in replicas for t in levels if t.diverged_at is not None]
     trajectory = Trajectory(
-        loss_K=loss,
+        loss_K=np.array([float(mean_squared_loss(f, y_DoutxN, task.loss_scale)) for f in f_best]),
         f_KxDoutxN=f_best,
         h_KxDxN=a_best,
         diverged_at=min(diverged) if diverged else None,
     )
-    return trajectory, error
+    y_scale = float(np.sqrt(np.mean(np.square(y_DoutxN))))
+    return LimitEstimate(
+        trajectory=trajectory,
+        error_estimate=float(total[worst]),
+        relative_error_estimate=float(total[worst]) / y_scale,
+        depth_error=float(depth_error[worst]),
+        monte_carlo_error=float(monte_carlo_error[worst]),
+        depth_points=tuple(settings.depth_points * 2**level for level in range(LEVELS)),
+        particles=settings.particles,
+    )
 
 
 def estimate_limit(
@@ -102,50 +195,53 @@ def estimate_limit(
     activation: str,
     dtype: str = "float64",
     max_depth_points: int = MAX_DEPTH_POINTS,
-    on_level: Callable[[int, int], None] | None = None,
+    max_particles: int = MAX_PARTICLES,
+    on_level: Callable[[int, LimitSettings], None] | None = None,
     on_level_done: Callable[[int, Trajectory], None] | None = None,
 ) -> LimitEstimate:
-    """Simulate the limit at L', 2 L', 4 L' (and further doublings until ``tol`` is met).
+    """Simulate the limit at L', 2 L', 4 L' in two replicas and extrapolate in depth.
 
-    ``settings.depth_points`` is the coarsest L'; every level uses ``settings.particles``
-    particles per depth point and its own seed. Without ``tol`` exactly three levels run.
-    ``on_level(level_index, depth_points)`` is called before each level and
-    ``on_level_done(depth_points, trajectory)`` after it, so a caller keeps finished levels. Raises
-    ToleranceNotReached, carrying the best estimate, when L' would exceed ``max_depth_points``.
+    ``settings`` gives the coarsest L' and its M' particles per depth point. Without ``tol`` one
+    extrapolation runs. With ``tol`` the search doubles L' or M', whichever error part is larger,
+    until the estimate meets it. ``on_level(attempt, settings)`` is called before each attempt
+    and ``on_level_done(depth_points, trajectory)`` after each level, so a caller keeps finished
+    work. Raises ToleranceNotReached, carrying the best estimate, when L' or M' would pass
+    ``max_depth_points`` or ``max_particles``.
     """
     settings.validate()
-    kwargs = dict(steps=steps, learning_rate=learning_rate, alpha=alpha, activation=activation, dtype=dtype)
-    y_scale = float(np.sqrt(np.mean(np.square(task.y_DoutxN))))
+    _check_particles(settings, problem.span_dim)
+    kwargs = dict(steps=steps, learning_rate=learning_rate, alpha=alpha, activation=activation)
 
-    levels: list[Trajectory] = []
-    depths: list[int] = []
-    depth = settings.depth_points
+    attempt = 0
     while True:
         if on_level is not None:
-            on_level(len(levels), depth)
-        level_settings = dataclasses.replace(settings, depth_points=depth, seed=settings.seed + len(levels))
-        levels.append(simulate_limit(problem, task, level_settings, **kwargs))
-        depths.append(depth)
-        if on_level_done is not None:
-            on_level_done(depth, levels[-1])
-        depth *= 2
-        if len(levels) < 3:
-            continue
-
-        trajectory, error = extrapolate_levels(levels, task)
-        estimate = LimitEstimate(
-            trajectory=trajectory,
-            error_estimate=error,
-            relative_error_estimate=error / y_scale,
-            depth_points=tuple(depths[-3:]),
-            particles=settings.particles,
-        )
-        if tol is None or error <= tol:
+            on_level(attempt, settings)
+        replicas = [
+            _simulate_replica(
+                problem,
+                task,
+                dataclasses.replace(settings, seed=(settings.seed + 2**31 * replica) % 2**32),
+                dtype=dtype,
+                on_level_done=on_level_done,
+                **kwargs,
+            )
+            for replica in range(2)
+        ]
+        estimate = _estimate(replicas, task, settings)
+        if tol is None or estimate.error_estimate <= tol:
             return estimate
-        if depth > max_depth_points:
+
+        if estimate.monte_carlo_error > estimate.depth_error:
+            settings = dataclasses.replace(settings, particles=2 * settings.particles)
+        else:
+            settings = dataclasses.replace(settings, depth_points=2 * settings.depth_points)
+        if settings.depth_points * LEVEL_FACTOR > max_depth_points or settings.particles > max_particles:
             raise ToleranceNotReached(
-                f"error estimate {error:.3g} is above the tolerance {tol:.3g} at L' = {depths[-1]}; "
-                f"raise the tolerance, the particles per depth point ({settings.particles}) "
-                f"or the largest depth ({max_depth_points}), or compute in float64",
+                f"error estimate {estimate.error_estimate:.3g} is above the tolerance {tol:.3g} at "
+                f"L' = {estimate.depth_points[0]} and M' = {estimate.particles} (depth part "
+                f"{estimate.depth_error:.3g}, Monte Carlo part {estimate.monte_carlo_error:.3g}); raise the "
+                f"tolerance or the largest L' ({max_depth_points}) and M' ({max_particles}), "
+                "or compute in float64",
                 estimate,
             )
+        attempt += 1

@@ -108,7 +108,7 @@ def large_dim_basis(task: Task, w_embed_DxDin, w_unembed_DxDout) -> np.ndarray:
     )
 
 
-def _match_moments(z_LxKxM: jax.Array) -> jax.Array:
+def match_moments(z_LxKxM: jax.Array) -> jax.Array:
     """Center and whiten the particles at each depth point: mean 0, covariance exactly I_k."""
     z_LxKxM = z_LxKxM - jnp.mean(z_LxKxM, axis=2, keepdims=True)
     covariance_LxKxK = jnp.einsum("lkm,ljm->lkj", z_LxKxM, z_LxKxM) / z_LxKxM.shape[2]
@@ -136,8 +136,8 @@ def antithetic_units(key: jax.Array, settings: LimitSettings, span_dim: int, dty
     key_u, key_v = jax.random.split(key)
     half = (settings.depth_points, span_dim, half_width)
     # Draws are in float32, as for the networks, and the moments are matched in ``dtype``.
-    u_half = _match_moments(jax.random.normal(key_u, half, jnp.float32).astype(dtype))
-    v_half = _match_moments(jax.random.normal(key_v, half, jnp.float32).astype(dtype))
+    u_half = match_moments(jax.random.normal(key_u, half, jnp.float32).astype(dtype))
+    v_half = match_moments(jax.random.normal(key_v, half, jnp.float32).astype(dtype))
     u_LxKxM = jnp.concatenate([u_half, u_half], axis=2)
     v_LxKxM = jnp.concatenate([v_half, -v_half], axis=2)
     return u_LxKxM, v_LxKxM
@@ -150,13 +150,16 @@ def particle_system(
     alpha: float,
     activation: str,
     dtype: str = "float32",
+    units: tuple[jax.Array, jax.Array] | None = None,
 ) -> MLUResNet:
-    """Build the particle ResNet (metric 1, k-dimensional stream) that simulates ``problem``."""
+    """Build the particle ResNet (metric 1, k-dimensional stream) that simulates ``problem``.
+
+    The units are drawn by ``antithetic_units`` unless ``units`` gives them (L' x k x M' each).
+    """
     settings.validate()
     array_dtype = jax_dtype(dtype)
-    units = antithetic_units(
-        jax.random.key(settings.seed), settings, problem.span_dim, array_dtype
-    )
+    if units is None:
+        units = antithetic_units(jax.random.key(settings.seed), settings, problem.span_dim, array_dtype)
     return MLUResNet(
         jnp.asarray(problem.input_KxDin, array_dtype),
         jnp.asarray(problem.readout_KxDout, array_dtype),
