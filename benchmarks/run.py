@@ -17,13 +17,15 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from resnet_limits.config import LimitSettings, RunConfig, estimate_training_bytes
 from resnet_limits.experiment import Comparison, LimitCache
-from resnet_limits.limits import large_dim_problem, simulate_limit
+from resnet_limits.limits import exact_linear_limit, large_dim_problem, simulate_limit
+from resnet_limits.limits.extrapolation import estimate_limit
 from resnet_limits.models import MLUResNet
-from resnet_limits.tasks import coupled_embeddings, paper_tanh
-from resnet_limits.training import training_steps
+from resnet_limits.tasks import coupled_embeddings, paper_linear, paper_tanh
+from resnet_limits.training import train, training_steps
 
 
 def _timed(function):
@@ -69,11 +71,80 @@ def bench_training_step(results: list) -> None:
         print(json.dumps(results[-1]), flush=True)
 
 
+def _max_relative_error(f_TxDoutxN, reference_TxDoutxN, y_DoutxN) -> float:
+    steps = min(len(f_TxDoutxN), len(reference_TxDoutxN))
+    difference = np.asarray(f_TxDoutxN[:steps], np.float64) - reference_TxDoutxN[:steps]
+    per_step = np.sqrt(np.mean(np.square(difference), axis=(1, 2)))
+    return float(np.max(per_step) / np.sqrt(np.mean(np.square(y_DoutxN))))
+
+
+def _finite_network_outputs(task, width: int, seconds_budget: float | None = None):
+    """Train L = 50, M = D = ``width`` on ``task`` in float32; return its outputs and wall time."""
+    w_embed, w_unembed = coupled_embeddings(jax.random.key(0), task, width)
+    model = MLUResNet(w_embed, w_unembed, depth=50, width=width, key=jax.random.key(1), activation=task.activation)
+    seconds, trajectory = _timed(lambda: train(
+        model, task.x_DinxN, task.y_DoutxN, steps=task.steps, learning_rate=task.learning_rate,
+        loss_scale=task.loss_scale))
+    return trajectory.f_KxDoutxN, seconds
+
+
+def _paper_reference(task, reference_f, seconds_budget: float) -> dict:
+    """The largest L = 50, M = D network trained within ``seconds_budget``, and its error."""
+    best = None
+    width = 64
+    while True:
+        outputs, seconds = _finite_network_outputs(task, width)
+        if best is not None and seconds > seconds_budget:
+            return best
+        best = {"reference_network": f"L=50, M=D={width}", "seconds": round(seconds, 2),
+                "max_relative_error": _max_relative_error(outputs, reference_f, task.y_DoutxN)}
+        if seconds > seconds_budget:
+            return best
+        width *= 2
+
+
+def bench_limit_accuracy(results: list) -> None:
+    linear = paper_linear()
+    kwargs = dict(steps=15, learning_rate=0.1, alpha=1.0)
+    exact = exact_linear_limit(large_dim_problem(linear), linear, **kwargs).trajectory
+    seconds, estimate = _timed(lambda: estimate_limit(
+        large_dim_problem(linear), linear, LimitSettings(16, 64), activation="identity", dtype="float64", **kwargs))
+    results.append({"name": "paper-linear, K=15: particle simulator against the exact solver",
+                    "depth_points": estimate.depth_points, "particles": estimate.particles,
+                    "seconds": round(seconds, 2),
+                    "max_relative_error": _max_relative_error(estimate.trajectory.f_KxDoutxN, exact.f_KxDoutxN, linear.y_DoutxN),
+                    "relative_error_estimate": estimate.relative_error_estimate})
+    print(json.dumps(results[-1]), flush=True)
+    paper = _paper_reference(linear, exact.f_KxDoutxN, max(seconds, 1.0))
+    results.append({"name": "paper-linear, K=15: largest finite network in the same wall time", **paper})
+    print(json.dumps(results[-1]), flush=True)
+
+    tanh = paper_tanh()
+    kwargs = dict(steps=15, learning_rate=1.0, alpha=1.0, activation="tanh", dtype="float32")
+    tolerance = 5e-4
+    coarse_seconds, coarse = _timed(lambda: estimate_limit(
+        large_dim_problem(tanh), tanh, LimitSettings(32, 1024), tol=tolerance, **kwargs))
+    fine_seconds, fine = _timed(lambda: estimate_limit(
+        large_dim_problem(tanh), tanh, LimitSettings(32, 1024, seed=7), tol=tolerance / 2, **kwargs))
+    self_convergence = _max_relative_error(coarse.trajectory.f_KxDoutxN, fine.trajectory.f_KxDoutxN, tanh.y_DoutxN)
+    results.append({"name": "paper-tanh, K=15: self-convergence, tolerance 5e-4 against 2.5e-4",
+                    "seconds_tolerance": round(coarse_seconds, 2), "seconds_half_tolerance": round(fine_seconds, 2),
+                    "particles": [coarse.particles, fine.particles], "depth_points": [coarse.depth_points, fine.depth_points],
+                    "max_relative_difference": self_convergence,
+                    "relative_error_estimates": [coarse.relative_error_estimate, fine.relative_error_estimate]})
+    print(json.dumps(results[-1]), flush=True)
+    paper = _paper_reference(tanh, fine.trajectory.f_KxDoutxN, max(coarse_seconds, 1.0))
+    results.append({"name": "paper-tanh, K=15: largest finite network in the time of the 5e-4 estimate, "
+                            "against the 2.5e-4 estimate", **paper})
+    print(json.dumps(results[-1]), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "results.json"))
     args = parser.parse_args()
     results: list = []
+    bench_limit_accuracy(results)
     bench_comparisons(results)
     bench_limits(results)
     bench_training_step(results)

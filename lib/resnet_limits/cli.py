@@ -68,14 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     limit = commands.add_parser(
         "limit",
         help="simulate the large-D limit, or the fixed-D Mean ODE with --dim, extrapolated in depth",
-        description="Simulate the limit with L', 2 L' and 4 L' depth points (L' = --limit-depth) and "
-                    "extrapolate to infinite depth; the result comes with an estimate of its error.",
+        description="Simulate the limit with L', 2 L' and 4 L' depth points (L' = --limit-depth) in two "
+                    "replicas and extrapolate to infinite depth; the result comes with an estimate of its "
+                    "error from depth and from the Monte Carlo average.",
     )
     limit.add_argument("--dim", "-D", type=int, default=None,
                        help="simulate the fixed-D Mean ODE of the embeddings of this D and --seed")
     limit.add_argument("--tol", type=float, default=None,
-                       help="largest accepted estimate of the RMS error of the outputs f_k; doubles the "
-                            "depth points from --limit-depth until it is met (default: three levels only)")
+                       help="largest accepted estimate of the RMS error of the outputs f_k; grows the depth "
+                            "points or the particles, whichever error part is larger, until it is met "
+                            "(default: one extrapolation at --limit-depth and --limit-particles)")
     _add_common(limit)
     return parser
 

@@ -20,13 +20,15 @@ their mean, which is the returned result.
 The reported error is the root sum of squares of the depth and Monte Carlo estimates, as an RMS
 over the entries of f_k, at the worst step k. With the identity activation the moment-matched
 particles make the drift exact, so only the depth error remains; with tanh the Monte Carlo part
-dominates once L' is moderate. ``estimate_limit`` meets a tolerance by doubling L' when the
-depth error dominates and M' when the Monte Carlo error does.
+dominates once L' is moderate. ``estimate_limit`` meets a tolerance by growing L' when the
+depth error dominates and M' when the Monte Carlo error does, each by the power of two that the
+error's rate predicts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import jax
@@ -183,6 +185,11 @@ def _estimate(replicas: list[list[Trajectory]], task: Task, settings: LimitSetti
     )
 
 
+def _power_of_two_at_least(ratio: float) -> int:
+    """Return the least power of two, at least 2, that is >= ``ratio``."""
+    return max(2, 2 ** math.ceil(math.log2(max(ratio, 1.0))))
+
+
 def estimate_limit(
     problem: SpanProblem,
     task: Task,
@@ -202,8 +209,8 @@ def estimate_limit(
     """Simulate the limit at L', 2 L', 4 L' in two replicas and extrapolate in depth.
 
     ``settings`` gives the coarsest L' and its M' particles per depth point. Without ``tol`` one
-    extrapolation runs. With ``tol`` the search doubles L' or M', whichever error part is larger,
-    until the estimate meets it. ``on_level(attempt, settings)`` is called before each attempt
+    extrapolation runs. With ``tol`` the search grows L' or M', whichever error part is larger,
+    by a power of two, until the estimate meets it. ``on_level(attempt, settings)`` is called before each attempt
     and ``on_level_done(depth_points, trajectory)`` after each level, so a caller keeps finished
     work. Raises ToleranceNotReached, carrying the best estimate, when L' or M' would pass
     ``max_depth_points`` or ``max_particles``.
@@ -231,10 +238,14 @@ def estimate_limit(
         if tol is None or estimate.error_estimate <= tol:
             return estimate
 
+        # The Monte Carlo error falls as 1/sqrt(M') and the depth error of R_2 as 1/L'^2, so the
+        # power of two that brings the larger part to 80 % of the tolerance is predictable.
         if estimate.monte_carlo_error > estimate.depth_error:
-            settings = dataclasses.replace(settings, particles=2 * settings.particles)
+            factor = _power_of_two_at_least((estimate.monte_carlo_error / (0.8 * tol)) ** 2)
+            settings = dataclasses.replace(settings, particles=factor * settings.particles)
         else:
-            settings = dataclasses.replace(settings, depth_points=2 * settings.depth_points)
+            factor = _power_of_two_at_least((estimate.depth_error / (0.8 * tol)) ** 0.5)
+            settings = dataclasses.replace(settings, depth_points=factor * settings.depth_points)
         if settings.depth_points * LEVEL_FACTOR > max_depth_points or settings.particles > max_particles:
             raise ToleranceNotReached(
                 f"error estimate {estimate.error_estimate:.3g} is above the tolerance {tol:.3g} at "
