@@ -185,7 +185,7 @@ def test_trajectory_records_are_plain(snapshots):
 def test_histogram_at_input_is_gaussian():
     # At s = 0 the coordinates are W_E x with Gaussian rows, exactly N(0, s_E^2 ||x||^2). With
     # D = 4096 values the KS statistic stays below 0.03 with probability above 0.999.
-    comparison = Comparison(RunConfig(L=4, M=8, D=4096, K=1), LimitSettings(depth_points=4, particles=64), cache=None)
+    comparison = Comparison(RunConfig(L=4, M=8, D=4096, K=1), LimitSettings(depth_points=4, particles=96), cache=None)
     comparison.run()
     snapshot = coordinates.snapshot_from_comparison(comparison)
     task = comparison.task
@@ -277,7 +277,7 @@ def test_coordinate_view_runs_and_redraws():
     from resnet_limits_widgets import CoordinateView
 
     view = CoordinateView(
-        L=4, M=8, D=16, step=2, limit_settings=LimitSettings(depth_points=8, particles=64), cache=None,
+        L=4, M=8, D=16, step=2, limit_settings=LimitSettings(depth_points=8, particles=96), cache=None,
         compilation_cache=False,
     )
     snapshot = view.run()

@@ -155,11 +155,11 @@ def test_fixed_dim_converges_to_large_dim():
 
 def test_limit_cache_ignores_depth_and_width():
     cache = LimitCache()
-    Comparison(RunConfig(L=2, M=4, D=8, K=2), LimitSettings(8, 64), cache=cache).run()
+    Comparison(RunConfig(L=2, M=4, D=8, K=2), LimitSettings(8, 96), cache=cache).run()
     assert len(cache) == 2
-    Comparison(RunConfig(L=4, M=8, D=8, K=2), LimitSettings(8, 64), cache=cache).run()
+    Comparison(RunConfig(L=4, M=8, D=8, K=2), LimitSettings(8, 96), cache=cache).run()
     assert len(cache) == 2
-    Comparison(RunConfig(L=4, M=8, D=16, K=2), LimitSettings(8, 64), cache=cache).run()
+    Comparison(RunConfig(L=4, M=8, D=16, K=2), LimitSettings(8, 96), cache=cache).run()
     assert len(cache) == 3  # a new D changes only the fixed-D Mean ODE
 
 

@@ -14,7 +14,7 @@ from resnet_limits.tasks import coupled_embeddings, get_task
 from resnet_limits.training import DIVERGENCE_FACTOR, StepRecord, Trajectory, train, training_steps
 
 # A small limit simulator: these tests check bookkeeping, not the accuracy of the limits.
-SMALL_LIMIT = LimitSettings(depth_points=4, particles=64)
+SMALL_LIMIT = LimitSettings(depth_points=4, particles=96)
 
 
 def make_model(activation, L=4, M=8, D=8):
@@ -162,7 +162,7 @@ def test_comparison_reuses_cached_limits():
 
 def test_huge_alpha_diverges_at_start():
     # alpha = 1e9 starts with a loss near 1e15, far above 1e6 times the loss of the zero output.
-    comparison = Comparison(RunConfig(L=4, M=8, D=8, K=3, alpha=1e9), LimitSettings(8, 64)).run()
+    comparison = Comparison(RunConfig(L=4, M=8, D=8, K=3, alpha=1e9), LimitSettings(8, 96)).run()
     assert comparison.status == "diverged"
     assert comparison.diverged_at == 0
     assert comparison.rows == []

@@ -21,15 +21,15 @@ The reported error is the root sum of squares of the depth and Monte Carlo estim
 over the entries of f_k, at the worst step k. With the identity activation the moment-matched
 particles make the drift exact, so only the depth error remains; with tanh the Monte Carlo part
 dominates once L' is moderate. ``estimate_limit`` meets a tolerance by growing L' when the
-depth error dominates and M' when the Monte Carlo error does, each by the power of two that the
-error's rate predicts.
+depth error dominates and M' when the Monte Carlo error does, each by the power of two (at most 4)
+that the error's rate predicts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import jax
 import jax.numpy as jnp
@@ -117,10 +117,9 @@ def _check_particles(settings: LimitSettings, span_dim: int) -> None:
         )
 
 
-def _simulate_replica(problem, task, settings: LimitSettings, *, dtype, on_level_done, **kwargs):
-    """Simulate the three coupled levels of one replica; return their trajectories."""
+def _replica_levels(problem, task, settings: LimitSettings, *, dtype, **kwargs):
+    """Simulate the three coupled levels of one replica, yielding (L', trajectory) for each."""
     units = coupled_level_units(jax.random.key(settings.seed), settings, problem.span_dim, jax_dtype(dtype))
-    trajectories = []
     for level, level_units in enumerate(units):
         depth = settings.depth_points * 2**level
         level_settings = dataclasses.replace(settings, depth_points=depth, particles=level_units[0].shape[2])
@@ -132,10 +131,7 @@ def _simulate_replica(problem, task, settings: LimitSettings, *, dtype, on_level
             system, task.x_DinxN, task.y_DoutxN, steps=kwargs["steps"],
             learning_rate=kwargs["learning_rate"], loss_scale=task.loss_scale,
         )
-        trajectories.append(trajectory)
-        if on_level_done is not None:
-            on_level_done(depth, trajectory)
-    return trajectories
+        yield depth, trajectory
 
 
 def _common_steps(trajectories: list[Trajectory]) -> int:
@@ -186,11 +182,24 @@ def _estimate(replicas: list[list[Trajectory]], task: Task, settings: LimitSetti
 
 
 def _power_of_two_at_least(ratio: float) -> int:
-    """Return the least power of two, at least 2, that is >= ``ratio``."""
-    return max(2, 2 ** math.ceil(math.log2(max(ratio, 1.0))))
+    """Return the least power of two >= ``ratio``, from 2 to 4.
+
+    The cap keeps one noisy estimate from multiplying the cost by more than four.
+    """
+    return min(4, max(2, 2 ** math.ceil(math.log2(max(ratio, 1.0)))))
 
 
-def estimate_limit(
+@dataclasses.dataclass(frozen=True)
+class LevelEvent:
+    """Progress of an estimate: an attempt starts (``trajectory`` None) or one level finished."""
+
+    attempt: int
+    settings: LimitSettings  # coarsest L' and M' of the attempt
+    depth_points: int | None = None  # L' of the finished level
+    trajectory: Trajectory | None = None
+
+
+def estimate_limit_events(
     problem: SpanProblem,
     task: Task,
     settings: LimitSettings = LimitSettings(),
@@ -203,37 +212,23 @@ def estimate_limit(
     dtype: str = "float64",
     max_depth_points: int = MAX_DEPTH_POINTS,
     max_particles: int = MAX_PARTICLES,
-    on_level: Callable[[int, LimitSettings], None] | None = None,
-    on_level_done: Callable[[int, Trajectory], None] | None = None,
-) -> LimitEstimate:
-    """Simulate the limit at L', 2 L', 4 L' in two replicas and extrapolate in depth.
-
-    ``settings`` gives the coarsest L' and its M' particles per depth point. Without ``tol`` one
-    extrapolation runs. With ``tol`` the search grows L' or M', whichever error part is larger,
-    by a power of two, until the estimate meets it. ``on_level(attempt, settings)`` is called before each attempt
-    and ``on_level_done(depth_points, trajectory)`` after each level, so a caller keeps finished
-    work. Raises ToleranceNotReached, carrying the best estimate, when L' or M' would pass
-    ``max_depth_points`` or ``max_particles``.
-    """
+) -> Generator[LevelEvent, None, LimitEstimate]:
+    """Yield a LevelEvent as work proceeds and return the LimitEstimate; see ``estimate_limit``."""
     settings.validate()
     _check_particles(settings, problem.span_dim)
     kwargs = dict(steps=steps, learning_rate=learning_rate, alpha=alpha, activation=activation)
 
     attempt = 0
     while True:
-        if on_level is not None:
-            on_level(attempt, settings)
-        replicas = [
-            _simulate_replica(
-                problem,
-                task,
-                dataclasses.replace(settings, seed=(settings.seed + 2**31 * replica) % 2**32),
-                dtype=dtype,
-                on_level_done=on_level_done,
-                **kwargs,
-            )
-            for replica in range(2)
-        ]
+        yield LevelEvent(attempt, settings)
+        replicas = []
+        for replica in range(2):
+            replica_settings = dataclasses.replace(settings, seed=(settings.seed + 2**31 * replica) % 2**32)
+            levels = []
+            for depth, trajectory in _replica_levels(problem, task, replica_settings, dtype=dtype, **kwargs):
+                levels.append(trajectory)
+                yield LevelEvent(attempt, settings, depth, trajectory)
+            replicas.append(levels)
         estimate = _estimate(replicas, task, settings)
         if tol is None or estimate.error_estimate <= tol:
             return estimate
@@ -256,3 +251,36 @@ def estimate_limit(
                 estimate,
             )
         attempt += 1
+
+
+def estimate_limit(
+    problem: SpanProblem,
+    task: Task,
+    settings: LimitSettings = LimitSettings(),
+    *,
+    on_level: Callable[[int, LimitSettings], None] | None = None,
+    on_level_done: Callable[[int, Trajectory], None] | None = None,
+    **kwargs,
+) -> LimitEstimate:
+    """Simulate the limit at L', 2 L', 4 L' in two replicas and extrapolate in depth.
+
+    ``settings`` gives the coarsest L' and its M' particles per depth point. Without ``tol`` one
+    extrapolation runs. With ``tol`` the search grows L' or M', whichever error part is larger,
+    by a power of two, until the estimate meets it. Keyword arguments ``tol``, ``steps``,
+    ``learning_rate``, ``alpha``, ``activation``, ``dtype``, ``max_depth_points`` and
+    ``max_particles`` are those of ``estimate_limit_events``. ``on_level(attempt, settings)`` is
+    called before each attempt and ``on_level_done(depth_points, trajectory)`` after each level,
+    so a caller keeps finished work. Raises ToleranceNotReached, carrying the best estimate, when
+    L' or M' would pass ``max_depth_points`` or ``max_particles``.
+    """
+    events = estimate_limit_events(problem, task, settings, **kwargs)
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as finished:
+            return finished.value
+        if event.trajectory is None:
+            if on_level is not None:
+                on_level(event.attempt, event.settings)
+        elif on_level_done is not None:
+            on_level_done(event.depth_points, event.trajectory)
