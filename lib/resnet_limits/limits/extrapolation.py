@@ -19,7 +19,7 @@ their mean, which is the returned result.
 
 The reported error is the root sum of squares of the depth and Monte Carlo estimates, as an RMS
 over the entries of f_k, at the worst step k. With the identity activation the moment-matched
-particles make the drift exact, so only the depth error remains; with tanh the Monte Carlo part
+particles make the drift exact, so only the depth error remains. With tanh the Monte Carlo part
 dominates once L' is moderate. ``estimate_limit`` meets a tolerance by growing L' when the
 depth error dominates and M' when the Monte Carlo error does, each by the power of two (at most 4)
 that the error's rate predicts.
