@@ -78,7 +78,7 @@ def _max_relative_error(f_TxDoutxN, reference_TxDoutxN, y_DoutxN) -> float:
     return float(np.max(per_step) / np.sqrt(np.mean(np.square(y_DoutxN))))
 
 
-def _finite_network_outputs(task, width: int, seconds_budget: float | None = None):
+def _finite_network_outputs(task, width: int):
     """Train L = 50, M = D = ``width`` on ``task`` in float32; return its outputs and wall time."""
     w_embed, w_unembed = coupled_embeddings(jax.random.key(0), task, width)
     model = MLUResNet(w_embed, w_unembed, depth=50, width=width, key=jax.random.key(1), activation=task.activation)
@@ -89,7 +89,7 @@ def _finite_network_outputs(task, width: int, seconds_budget: float | None = Non
 
 
 def _paper_reference(task, reference_f, seconds_budget: float) -> dict:
-    """The largest L = 50, M = D network trained within ``seconds_budget``, and its error."""
+    """Return the largest L = 50, M = D network trained within ``seconds_budget``, with its error."""
     best = None
     width = 64
     while True:

@@ -32,9 +32,9 @@ DIVERGENCE_FACTOR = 1e6
 class StepRecord:
     """The forward pass at step k: loss, output f (d_out x N) and last stream H_L (D x N).
 
-    ``diverged`` is True when the loss or the stream is not finite, or the loss exceeds
-    DIVERGENCE_FACTOR times the larger of the loss at step 0 and the loss of the zero output
-    (at step 0, the loss of the zero output alone).
+    ``diverged`` is True when the loss or the stream is not finite. It is also True when the
+    loss exceeds DIVERGENCE_FACTOR times the larger of the loss at step 0 and the loss of the
+    zero output; step 0 itself is compared with the loss of the zero output alone.
     """
 
     step: int

@@ -323,7 +323,7 @@ class ExplorerApp:
 
     # NOTE: in a Voila 0.5.13 kernel (ipykernel 7.4, jax 0.10.2, 2-core CPU) the XLA compilation of
     # a new shape after a slider change was seen to block without end in some runs, waiting inside
-    # jax's compile call; the same sequence in a plain asyncio script never did. Cause unknown.
+    # jax's compile call. The same sequence in a plain asyncio script never did. Cause unknown.
     async def _run(self, comparison: Comparison, previous: asyncio.Task | None) -> None:
         if previous is not None:
             await asyncio.wait([previous])
