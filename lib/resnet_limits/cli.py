@@ -126,14 +126,13 @@ class _ProgressLine:
             print(file=sys.stderr, flush=True)
 
 
-def _train(args, limit_settings: LimitSettings, budget: int) -> int:
-    from resnet_limits.experiment import Comparison
-
-    config = RunConfig(
+def _run_config(args, *, L: int, M: int, D: int) -> RunConfig:
+    """Return the RunConfig of the options shared by both commands, with the given shape."""
+    return RunConfig(
         task=args.task,
-        L=args.depth,
-        M=args.width,
-        D=args.dim,
+        L=L,
+        M=M,
+        D=D,
         K=args.steps,
         learning_rate=args.lr,
         alpha=args.alpha,
@@ -141,6 +140,12 @@ def _train(args, limit_settings: LimitSettings, budget: int) -> int:
         seed=args.seed,
         dtype=args.dtype,
     )
+
+
+def _train(args, limit_settings: LimitSettings, budget: int) -> int:
+    from resnet_limits.experiment import Comparison
+
+    config = _run_config(args, L=args.depth, M=args.width, D=args.dim)
     comparison = Comparison(config, limit_settings, memory_budget_bytes=budget)
     progress = _ProgressLine(enabled=not args.json or sys.stderr.isatty())
     try:
@@ -167,18 +172,8 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
     from resnet_limits.config import jax_dtype
     from resnet_limits.tasks import coupled_embeddings, get_task
 
-    base = RunConfig(
-        task=args.task,
-        L=1,  # the command trains no network, so its memory check counts the simulator alone
-        M=1,
-        D=1 if args.dim is None else args.dim,
-        K=args.steps,
-        learning_rate=args.lr,
-        alpha=args.alpha,
-        activation=args.activation,
-        seed=args.seed,
-        dtype=args.dtype,
-    ).resolved()
+    # The command trains no network, so L = M = 1 makes its memory check count the simulator alone.
+    base = _run_config(args, L=1, M=1, D=1 if args.dim is None else args.dim).resolved()
     task = get_task(base.task)
     if args.dim is None:
         problem = limits.large_dim_problem(task)

@@ -112,8 +112,8 @@ class Comparison:
         self.diverged_at: int | None = None  # step at which the network's training diverged
         self.limit_diverged_at: dict[str, int] = {}  # per limit kind, when its simulation diverged
         self.completed = False
-        # The network, set when training starts. Whenever the caller holds control between
-        # events, its parameters are those of step ``model_step``.
+        # The network, set when training starts. Between two events its parameters are those of
+        # step ``model_step``.
         self.model: MLUResNet | None = None
         self.model_step: int | None = None
         # Per limit kind, the span problem and the basis (D x k) that maps its coefficients to R^D.

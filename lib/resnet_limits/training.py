@@ -34,7 +34,7 @@ class StepRecord:
 
     ``diverged`` is True when the loss or the stream is not finite. It is also True when the
     loss exceeds DIVERGENCE_FACTOR times the larger of the loss at step 0 and the loss of the
-    zero output; step 0 itself is compared with the loss of the zero output alone.
+    zero output. Step 0 itself is compared with the loss of the zero output alone.
     """
 
     step: int

@@ -212,14 +212,7 @@ class ExplorerApp:
                     f"<b>Shape and training</b> (task {html.escape(self.task.name)}: "
                     f"N={self.task.num_samples} samples, d_in={self.task.d_in}, d_out={self.task.d_out})"
                 ),
-                self.depth,
-                self.width,
-                self.dim,
-                self.steps,
-                self.learning_rate,
-                self.alpha,
-                self.activation,
-                self.seed,
+                *self.run_controls,
                 self.auto_run,
                 widgets.HBox([self.run_button, self.cancel_button, self.clear_button]),
             ]
