@@ -103,7 +103,7 @@ def test_particle_streams_repeat_limit_simulation(x64):
 
 def test_comparison_keeps_model_at_step():
     config = RunConfig(L=4, M=8, D=8, K=3)
-    settings = LimitSettings(depth_points=4, particles=64)
+    settings = LimitSettings(depth_points=4, particles=96)
     comparison = Comparison(config, settings, cache=None)
     events = comparison.events()
     for event in events:

@@ -1,18 +1,20 @@
-"""The explorer app in-process, and the explorer notebook executed headlessly in a real kernel."""
+"""The explorer app in this process and with a worker process, and its notebook executed in a real kernel."""
 
 import asyncio
 import math
 import os
 import pathlib
+import signal
+import time
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
 from resnet_limits import bounds
-from resnet_limits.experiment import ERROR_COLUMNS
+from resnet_limits.compilation_cache import default_cache_dir
+from resnet_limits.experiment import ERROR_COLUMNS, Comparison
 from resnet_limits_widgets import ExplorerApp, charts
-from resnet_limits_widgets.compilation_cache import default_cache_dir
 from resnet_limits_widgets.summary import shape_summary
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
@@ -24,10 +26,19 @@ STEPS = 4
 
 @pytest.fixture
 def app():
-    """An explorer that runs only when asked, with few steps and no persistent compilation cache."""
-    explorer = ExplorerApp(auto_run=False, compilation_cache=False)
+    """An explorer that runs in this process only when asked, with few steps and no persistent cache."""
+    explorer = ExplorerApp(auto_run=False, compilation_cache=False, use_worker=False)
     explorer.steps.value = STEPS
     return explorer
+
+
+@pytest.fixture
+def worker_app():
+    """An explorer that runs its comparisons in a worker process."""
+    explorer = ExplorerApp(auto_run=False, compilation_cache=False)
+    explorer.steps.value = STEPS
+    yield explorer
+    explorer.close()
 
 
 def chart_records(chart, required_field):
@@ -208,6 +219,87 @@ def test_shape_summary_matches_bounds():
 def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / "resnet-limits" / "jax"
+
+
+# -- the app with a worker process ----------------------------------------------------------------
+
+
+def test_worker_rows_equal_in_kernel_rows(app, worker_app):
+    app.run_blocking()
+
+    outcome = asyncio.run(_run_to_end(worker_app))
+
+    assert outcome.status == "completed"
+    # The same code on the same inputs in another process; JSON carries floats exactly.
+    assert worker_app.comparison.rows == app.comparison.rows
+    assert worker_app.limit_errors == app.limit_errors
+    assert set(worker_app.limit_errors) == {"large-D", "fixed-D"}
+    for summary in worker_app.limit_errors.values():
+        assert 0 < summary["relative_error_estimate"] < 0.01
+    assert "own output error is estimated at" in worker_app.last_run.value
+    assert law_points(worker_app) != []
+
+
+async def _run_to_end(app):
+    app.start_run()
+    return await app.wait()
+
+
+def test_worker_cancel_stops_within_a_second(worker_app):
+    # A shape whose 60 steps take several seconds on a 2-core CPU.
+    worker_app.width.value = 1024
+    worker_app.dim.value = 512
+    worker_app.steps.value = 60
+
+    async def cancel_after_three_rows():
+        task = worker_app.start_run()
+        while worker_app.comparison is None or len(worker_app.comparison.rows) < 3:
+            assert not task.done(), "the run ended before it could be cancelled"
+            await asyncio.sleep(0.01)
+        cancelled_at = time.monotonic()
+        worker_app.cancel()
+        outcome = await worker_app.wait()
+        return outcome, time.monotonic() - cancelled_at
+
+    outcome, seconds = asyncio.run(cancel_after_three_rows())
+
+    assert outcome.status == "cancelled"
+    assert seconds < 1.0
+    kept = len(worker_app.comparison.rows)
+    assert 3 <= kept < 61
+    assert [row["step"] for row in worker_app.comparison.rows] == list(range(kept))
+    assert f"cancelled at step {kept - 1} of 60" in worker_app.last_run.value
+
+
+def test_worker_death_is_reported_and_next_run_restarts_it(worker_app):
+    async def kill_during_run():
+        worker_app.start_run()
+        while worker_app.progress.value == 0:  # the worker has reported its first event
+            await asyncio.sleep(0.01)
+        os.kill(worker_app.worker.pid, signal.SIGKILL)
+        return await worker_app.wait()
+
+    outcome = asyncio.run(kill_during_run())
+
+    assert outcome.status == "failed"
+    assert "worker process ended" in worker_app.message.value
+    assert "Traceback" not in worker_app.message.value
+
+    outcome = asyncio.run(_run_to_end(worker_app))
+    assert outcome.status == "completed", outcome
+    assert worker_app.message.value == ""
+
+
+def test_worker_failure_shows_the_error_in_the_page(worker_app):
+    # Settings that pass the kernel's checks, sent with a budget that the worker rejects.
+    worker_app.prepare = lambda: Comparison(worker_app.config(), worker_app.limit_settings)
+    worker_app.memory_budget_bytes = 1
+
+    outcome = asyncio.run(_run_to_end(worker_app))
+
+    assert outcome.status == "failed"
+    assert "MemoryBudgetError" in worker_app.message.value
+    assert "over the memory budget" in worker_app.message.value
 
 
 # -- the notebook in a kernel ---------------------------------------------------------------------

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from resnet_limits.config import LimitSettings, RunConfig, jax_dtype
-from resnet_limits.experiment import ERROR_COLUMNS, STAGE_TRAINING, Comparison, LimitCache
+from resnet_limits.experiment import (
+    ERROR_COLUMNS,
+    STAGE_LIMIT,
+    STAGE_MEAN_ODE,
+    STAGE_TRAINING,
+    Comparison,
+    LimitCache,
+)
 from resnet_limits.models import MLUResNet
 from resnet_limits.tasks import coupled_embeddings, get_task
 from resnet_limits.training import DIVERGENCE_FACTOR, StepRecord, Trajectory, train, training_steps
@@ -143,10 +150,15 @@ def test_comparison_completed():
     assert [row["step"] for row in comparison.rows] == [0, 1, 2, 3]
     assert all(isinstance(row[column], float) for row in comparison.rows for column in ERROR_COLUMNS)
     assert_rows_finite(comparison.rows)
-    # Two limits and the network, K + 1 steps each.
-    assert len(events) == 12
-    assert events[-1].done == events[-1].total == 12
+    # Two limits of six simulated levels each (three levels in two replicas), and K + 1 steps.
+    assert [event.stage for event in events] == [STAGE_LIMIT] * 6 + [STAGE_MEAN_ODE] * 6 + [STAGE_TRAINING] * 4
+    assert [event.done for event in events] == list(range(1, 17))
+    assert events[-1].total == 16
     assert len(cache) == 2
+    assert set(comparison.limit_estimates) == {"large-D", "fixed-D"}
+    for estimate in comparison.limit_estimates.values():
+        assert estimate.depth_points == (4, 8, 16)
+        assert estimate.error_estimate > 0
 
 
 def test_comparison_reuses_cached_limits():

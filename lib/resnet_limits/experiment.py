@@ -2,8 +2,12 @@
 
 ``Comparison`` is the one entry point of the command line and the apps. Its ``events`` iterator
 computes the two limits (from a cache when they were computed before), then trains the network,
-and yields a ``Progress`` after every step, so a caller can report progress, stay responsive and
-stop early. Rows computed before a stop are kept in ``rows``.
+and yields a ``Progress`` after every simulated level and every training step, so a caller can
+report progress, stay responsive and stop early. Rows computed before a stop are kept in ``rows``.
+
+Each limit is the Richardson-extrapolated estimate of ``limits.estimate_limit`` (three coupled
+levels L', 2 L', 4 L' in two replicas, with ``limit_settings`` giving the coarsest L' and M'), so
+every comparison carries an estimate of its references' own error in ``limit_estimates``.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from resnet_limits.config import (
     check_memory,
     jax_dtype,
 )
+from resnet_limits.limits.extrapolation import LEVELS, LimitEstimate, check_particles, estimate_limit_events
 from resnet_limits.models import MLUResNet
 from resnet_limits.tasks import Task, coupled_embeddings, get_task
-from resnet_limits.training import StepRecord, Trajectory, training_steps
+from resnet_limits.training import StepRecord, training_steps
 
 STAGE_LIMIT = "large-D limit"
 STAGE_MEAN_ODE = "fixed-D Mean ODE"
@@ -39,25 +44,28 @@ ERROR_COLUMNS = (
     "output_error_limit",
 )
 
+# Simulated trajectories per limit: three levels in each of two replicas.
+LIMIT_UNITS = 2 * LEVELS
+
 
 class LimitCache:
-    """Least-recently-used store of limit trajectories, keyed by everything they depend on."""
+    """Least-recently-used store of limit estimates, keyed by everything they depend on."""
 
     def __init__(self, max_entries: int = 32):
         self.max_entries = max_entries
-        self._entries: collections.OrderedDict[tuple, Trajectory] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[tuple, LimitEstimate] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> Trajectory | None:
+    def get(self, key: tuple) -> LimitEstimate | None:
         with self._lock:
             if key not in self._entries:
                 return None
             self._entries.move_to_end(key)
             return self._entries[key]
 
-    def put(self, key: tuple, trajectory: Trajectory) -> None:
+    def put(self, key: tuple, estimate: LimitEstimate) -> None:
         with self._lock:
-            self._entries[key] = trajectory
+            self._entries[key] = estimate
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -71,7 +79,7 @@ DEFAULT_CACHE = LimitCache()
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
-    """One unit of work done: a limit step or a training step.
+    """One unit of work done: a simulated level of a limit or a training step.
 
     ``row`` is set on training steps: the step's loss and its four errors.
     """
@@ -107,10 +115,12 @@ class Comparison:
             self.task.span_dim,
             memory_budget_bytes,
         )
+        check_particles(self.limit_settings, self.task.span_dim)
         self.cache = cache
         self.rows: list[dict] = []
         self.diverged_at: int | None = None  # step at which the network's training diverged
         self.limit_diverged_at: dict[str, int] = {}  # per limit kind, when its simulation diverged
+        self.limit_estimates: dict[str, LimitEstimate] = {}  # per limit kind, with its error estimate
         self.completed = False
         # The network, set when training starts. Between two events its parameters are those of
         # step ``model_step``.
@@ -122,10 +132,10 @@ class Comparison:
     # -- the work -----------------------------------------------------------------------------
 
     def events(self) -> Iterator[Progress]:
-        """Compute the limits, then train, yielding after every step."""
+        """Compute the limits, then train, yielding after every simulated level and training step."""
         config, task = self.config, self.task
         steps = config.K
-        total = 3 * (steps + 1)
+        total = 2 * LIMIT_UNITS + steps + 1
         done = 0
 
         dtype = jax_dtype(config.dtype)
@@ -142,15 +152,16 @@ class Comparison:
 
         references = {}
         for stage, problem in ((STAGE_LIMIT, large_problem), (STAGE_MEAN_ODE, fixed_problem)):
-            trajectory = None
-            for item in self._limit_trajectory(problem):
-                if isinstance(item, Trajectory):
-                    trajectory = item
+            estimate = None
+            for item in self._limit_estimate(problem):
+                if isinstance(item, LimitEstimate):
+                    estimate = item
                 else:
                     done += 1
                     yield Progress(stage, done, total)
-            done = (len(references) + 1) * (steps + 1)
-            references[stage] = trajectory
+            done = (len(references) + 1) * LIMIT_UNITS
+            trajectory = references[stage] = estimate.trajectory
+            self.limit_estimates[problem.kind] = estimate
             if trajectory.diverged_at is not None:
                 self.limit_diverged_at[problem.kind] = trajectory.diverged_at
 
@@ -195,8 +206,8 @@ class Comparison:
                 on_progress(progress)
         return self
 
-    def _limit_trajectory(self, problem: limits.SpanProblem):
-        """Yield a marker per simulated step, then the trajectory (cached by its inputs)."""
+    def _limit_estimate(self, problem: limits.SpanProblem):
+        """Yield a marker per simulated level, then the estimate (cached by its inputs)."""
         config = self.config
         key = (
             problem.cache_key(),
@@ -212,9 +223,7 @@ class Comparison:
         if cached is not None:
             yield cached
             return
-        records: list[StepRecord] = []
-        record = None
-        for record in limits.limit_steps(
+        events = estimate_limit_events(
             problem,
             self.task,
             self.limit_settings,
@@ -223,14 +232,18 @@ class Comparison:
             alpha=config.alpha,
             activation=config.activation,
             dtype=config.dtype,
-        ):
-            if not record.diverged:
-                records.append(record)
-            yield record.step
-        trajectory = Trajectory.from_records(records, last=record)
+        )
+        while True:
+            try:
+                event = next(events)
+            except StopIteration as finished:
+                estimate = finished.value
+                break
+            if event.trajectory is not None:
+                yield event.depth_points
         if self.cache is not None:
-            self.cache.put(key, trajectory)
-        yield trajectory
+            self.cache.put(key, estimate)
+        yield estimate
 
     # -- results ------------------------------------------------------------------------------
 
@@ -273,8 +286,23 @@ class Comparison:
             "status": self.status,
             "diverged_at_step": self.diverged_at,
             "limit_diverged_at_step": dict(self.limit_diverged_at),
+            "limit_error_estimate": {
+                kind: limit_error_summary(estimate) for kind, estimate in self.limit_estimates.items()
+            },
             "steps": list(self.rows),
         }
+
+
+def limit_error_summary(estimate: LimitEstimate) -> dict:
+    """Return the error estimate of a limit as plain data: RMS of f_k at the worst step, and its parts."""
+    return {
+        "error_estimate": estimate.error_estimate,
+        "relative_error_estimate": estimate.relative_error_estimate,
+        "depth_error": estimate.depth_error,
+        "monte_carlo_error": estimate.monte_carlo_error,
+        "depth_points": list(estimate.depth_points),
+        "particles": estimate.particles,
+    }
 
 
 def _error_row(record: StepRecord, limit_h, limit_f, mean_ode_h, mean_ode_f) -> dict:

@@ -27,7 +27,7 @@ from resnet_limits.experiment import DEFAULT_CACHE, Comparison, LimitCache
 from resnet_limits.tasks import get_task
 
 from resnet_limits_widgets import coordinate_charts
-from resnet_limits_widgets.compilation_cache import enable_compilation_cache
+from resnet_limits.compilation_cache import enable_compilation_cache
 from resnet_limits_widgets.explorer import (
     APP_MEMORY_BUDGET_BYTES,
     CONTROL_LAYOUT,

@@ -1,10 +1,13 @@
 """The explorer app: sliders for L, M and D, a training run against both limits, and two charts.
 
-A run is an asyncio task in the kernel's event loop. It iterates ``Comparison.events()`` and yields
-to the loop after every event, so the kernel processes widget messages (a Cancel click, a new
-slider value) while the limits are computed and the network trains. Releasing a slider or
-changing a control cancels the running comparison and starts a new one, unless "run on change"
-is off. Cancelling keeps the rows computed so far.
+A run is an asyncio task in the kernel's event loop. By default the comparison itself runs in a
+worker process (``resnet_limits.worker``) and the task only applies the worker's messages to the
+widgets, so the kernel processes widget messages (a Cancel click, a new slider value) while the
+limits are computed and the network trains, and Cancel stops a run within a second even during
+a compilation. With ``use_worker=False`` the task iterates ``Comparison.events()`` in the kernel
+and yields to the loop after every event. Releasing a slider or changing a control cancels the
+running comparison and starts a new one, unless "run on change" is off. Cancelling keeps the
+rows computed so far.
 """
 
 from __future__ import annotations
@@ -18,12 +21,21 @@ import time
 import altair as alt
 import ipywidgets as widgets
 
+from resnet_limits.compilation_cache import enable_compilation_cache
 from resnet_limits.config import ConfigError, LimitSettings, RunConfig
-from resnet_limits.experiment import DEFAULT_CACHE, STAGE_TRAINING, Comparison, LimitCache, Progress
+from resnet_limits.experiment import (
+    DEFAULT_CACHE,
+    STAGE_TRAINING,
+    Comparison,
+    LimitCache,
+    Progress,
+    limit_error_summary,
+)
+from resnet_limits.limits import LARGE_DIM
 from resnet_limits.tasks import ACTIVATIONS, get_task
+from resnet_limits.worker import ComparisonWorker
 
 from resnet_limits_widgets import charts
-from resnet_limits_widgets.compilation_cache import enable_compilation_cache
 from resnet_limits_widgets.summary import shape_summary_html
 
 logger = logging.getLogger(__name__)
@@ -36,6 +48,11 @@ DIM_OPTIONS = tuple(2**i for i in range(11))  # D from 1 to 1024
 # The explorer's cap on the estimated memory of one run. A public Binder session has about 2 GB
 # for the kernel, the Jupyter server and JAX itself, so the app keeps half of the library default.
 APP_MEMORY_BUDGET_BYTES = 2**30
+
+# The limit simulator's coarsest level in the app: with Richardson extrapolation its error
+# estimate is about 1e-3 of the targets on paper-tanh, far below the errors the app shows, and
+# both limits of a new task take about 3 s on a 2-core CPU.
+APP_LIMIT_SETTINGS = LimitSettings(depth_points=32, particles=2048)
 
 # Minimum seconds between two redraws of the error chart during training. Each redraw sends the
 # whole chart to the browser.
@@ -80,6 +97,10 @@ def _with_control_names(message: str) -> str:
     return message
 
 
+class RemoteRunError(RuntimeError):
+    """A run failed in the worker process; the message is the worker's report."""
+
+
 @dataclasses.dataclass
 class RunOutcome:
     """The end of a run, for the readout: status "completed", "diverged", "cancelled" or "failed"."""
@@ -92,9 +113,10 @@ class RunOutcome:
 class ExplorerApp:
     """The interactive explorer of one task, shown by displaying it in a notebook or a Voila page.
 
-    ``L``, ``M`` and ``D`` are the initial slider values. ``limit_settings`` sets the Mean ODE
-    discretisation and ``memory_budget_bytes`` the largest estimated run that may start.
-    ``cache`` stores limit trajectories and is shared by all apps in a kernel by default.
+    ``L``, ``M`` and ``D`` are the initial slider values. ``limit_settings`` sets the coarsest
+    level of the limit simulator and ``memory_budget_bytes`` the largest estimated run that may
+    start. ``use_worker`` runs comparisons in a worker process, which keeps its own limit cache;
+    without it, ``cache`` stores the limits in the kernel and is shared by all apps there.
     ``compilation_cache`` turns on JAX's persistent compilation cache in the user's cache
     directory.
     """
@@ -111,15 +133,19 @@ class ExplorerApp:
         cache: LimitCache | None = DEFAULT_CACHE,
         auto_run: bool = True,
         compilation_cache: bool = True,
+        use_worker: bool = True,
     ):
-        if compilation_cache:
-            enable_compilation_cache()
+        cache_dir = enable_compilation_cache() if compilation_cache else None
         alt.JupyterChart.enable_offline()
 
         self.task = get_task(task)
-        self.limit_settings = limit_settings or LimitSettings()
+        self.limit_settings = limit_settings or APP_LIMIT_SETTINGS
         self.memory_budget_bytes = memory_budget_bytes
         self.cache = cache
+        self.worker = ComparisonWorker(compilation_cache_dir=cache_dir) if use_worker else None
+        if self.worker is not None:
+            self.worker.start()  # its imports overlap with the page's first render
+        self.limit_errors: dict[str, dict] = {}  # per limit kind, the latest run's error estimate
 
         self.comparison: Comparison | None = None  # the latest comparison started
         self.outcome: RunOutcome | None = None  # how the latest finished run ended
@@ -314,29 +340,64 @@ class ExplorerApp:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    # NOTE: in a Voila 0.5.13 kernel (ipykernel 7.4, jax 0.10.2, 2-core CPU) the XLA compilation of
-    # a new shape after a slider change was seen to block without end in some runs, waiting inside
-    # jax's compile call. The same sequence in a plain asyncio script never did. Cause unknown.
     async def _run(self, comparison: Comparison, previous: asyncio.Task | None) -> None:
-        if previous is not None:
+        if previous is not None and not previous.done():
             await asyncio.wait([previous])
         self._begin(comparison)
         started = time.monotonic()
+        try:
+            if self.worker is None:
+                await self._run_in_kernel(comparison)
+            else:
+                await self._run_in_worker(comparison)
+        except asyncio.CancelledError:
+            self._finish(comparison, RunOutcome("cancelled", time.monotonic() - started))
+            raise
+        except Exception as error:  # any failure ends up in the page, never as a traceback
+            logger.warning("explorer run %s failed: %s: %s", comparison.config, type(error).__name__, error)
+            message = str(error) if isinstance(error, RemoteRunError) else f"{type(error).__name__}: {error}"
+            self._finish(comparison, RunOutcome("failed", time.monotonic() - started, message))
+        else:
+            self._finish(comparison, RunOutcome(comparison.status, time.monotonic() - started))
+
+    async def _run_in_kernel(self, comparison: Comparison) -> None:
         events = comparison.events()
         try:
             for event in events:
                 self._on_event(comparison, event)
                 await asyncio.sleep(0)
-        except asyncio.CancelledError:
+        finally:
             events.close()
-            self._finish(comparison, RunOutcome("cancelled", time.monotonic() - started))
+
+    async def _run_in_worker(self, comparison: Comparison) -> None:
+        """Apply the worker's messages about ``comparison`` to it and to the widgets."""
+        worker = self.worker
+        run_id = worker.submit(
+            comparison.config, comparison.limit_settings, memory_budget_bytes=self.memory_budget_bytes
+        )
+        try:
+            async for message in worker.messages(run_id):
+                if message["type"] == "progress":
+                    event = Progress(message["stage"], message["done"], message["total"], message["row"])
+                    if event.row is not None:
+                        comparison.rows.append(event.row)
+                    self._on_event(comparison, event)
+                elif message["type"] == "failed":
+                    raise RemoteRunError(message["error"])
+                else:
+                    self._apply_state(comparison, message["state"])
+        except asyncio.CancelledError:
+            final = await worker.stop(run_id)
+            if final is not None and final.get("state"):
+                self._apply_state(comparison, final["state"])
             raise
-        except Exception as error:  # any failure ends up in the page, never as a traceback
-            logger.warning("explorer run %s failed: %s: %s", comparison.config, type(error).__name__, error)
-            outcome = RunOutcome("failed", time.monotonic() - started, f"{type(error).__name__}: {error}")
-            self._finish(comparison, outcome)
-        else:
-            self._finish(comparison, RunOutcome(comparison.status, time.monotonic() - started))
+
+    def _apply_state(self, comparison: Comparison, state: dict) -> None:
+        """Copy the final state that the worker reported onto the kernel's ``comparison``."""
+        comparison.diverged_at = state["diverged_at"]
+        comparison.limit_diverged_at = dict(state["limit_diverged_at"])
+        comparison.completed = state["status"] == "completed"
+        self.limit_errors = dict(state["limit_error_estimate"])
 
     def run_blocking(self, comparison: Comparison | None = None) -> RunOutcome | None:
         """Run ``comparison`` (the current settings if None) to the end without an event loop."""
@@ -351,9 +412,16 @@ class ExplorerApp:
         self._finish(comparison, RunOutcome(comparison.status, time.monotonic() - started))
         return self.outcome
 
+    def close(self) -> None:
+        """Stop the running comparison and the worker process."""
+        self.cancel()
+        if self.worker is not None:
+            self.worker.kill()
+
     def _begin(self, comparison: Comparison) -> None:
         self.comparison = comparison
         self.outcome = None
+        self.limit_errors = {}
         self.cancel_button.disabled = False
         self.progress.value = 0.0
         self.progress.bar_style = "info"
@@ -374,6 +442,10 @@ class ExplorerApp:
             self.status.value = f"Computing the {event.stage}..."
 
     def _finish(self, comparison: Comparison, outcome: RunOutcome) -> None:
+        if comparison.limit_estimates:
+            self.limit_errors = {
+                kind: limit_error_summary(estimate) for kind, estimate in comparison.limit_estimates.items()
+            }
         self.outcome = outcome
         self.cancel_button.disabled = True
         config = comparison.config
@@ -427,8 +499,7 @@ class ExplorerApp:
                 "warning",
             )
 
-    @staticmethod
-    def _last_errors_text(comparison: Comparison) -> str:
+    def _last_errors_text(self, comparison: Comparison) -> str:
         last = comparison.rows[-1]
         predicted = comparison.predicted_errors()
         parts = []
@@ -436,7 +507,14 @@ class ExplorerApp:
             measured = last[f"{kind}_error_limit"]
             measured_text = "not available" if measured is None else f"{measured:.3g}"
             parts.append(f"{kind} error vs large-D limit {measured_text} (law predicts {predicted[kind]:.3g})")
-        return "; ".join(parts) + "."
+        text = "; ".join(parts) + "."
+        limit_error = self.limit_errors.get(LARGE_DIM)
+        if limit_error is not None:
+            text += (
+                f" The large-D limit's own output error is estimated at "
+                f"{limit_error['relative_error_estimate']:.1e} of the targets."
+            )
+        return text
 
     # -- charts -------------------------------------------------------------------------------
 

@@ -101,7 +101,7 @@ def coupled_level_units(key: jax.Array, settings: LimitSettings, span_dim: int, 
     return units
 
 
-def _check_particles(settings: LimitSettings, span_dim: int) -> None:
+def check_particles(settings: LimitSettings, span_dim: int) -> None:
     step = 2 * LEVEL_FACTOR
     if settings.particles % step:
         raise ConfigError(
@@ -215,7 +215,7 @@ def estimate_limit_events(
 ) -> Generator[LevelEvent, None, LimitEstimate]:
     """Yield a LevelEvent as work proceeds and return the LimitEstimate; see ``estimate_limit``."""
     settings.validate()
-    _check_particles(settings, problem.span_dim)
+    check_particles(settings, problem.span_dim)
     kwargs = dict(steps=steps, learning_rate=learning_rate, alpha=alpha, activation=activation)
 
     attempt = 0

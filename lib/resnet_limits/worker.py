@@ -1,0 +1,300 @@
+"""Run comparisons in a separate Python process that streams its progress back as JSON lines.
+
+An interactive app keeps its kernel free for widget messages, and stops a run at once, by
+handing the computation to a worker process:
+
+    worker = ComparisonWorker()
+    run = worker.submit(config, limit_settings)
+    async for message in worker.messages(run): ...
+    await worker.stop(run)  # cancel: the worker stops at its next event, or is killed
+
+The worker is ``python -m resnet_limits.worker``. It reads requests from standard input and
+writes messages to standard output, one JSON object per line, and it keeps its limit cache and
+its compiled functions between runs. Requests:
+
+    {"type": "run", "id": 3, "config": {RunConfig fields}, "limit_settings": {...},
+     "memory_budget_bytes": 1073741824}
+    {"type": "cancel", "id": 3}
+
+Messages: ``{"type": "ready"}`` once imports are done, then per run ``progress`` (stage, done,
+total and the step's row, if any) after every event, and one of ``finished`` (the final state of
+the comparison), ``cancelled`` (the same, partial) or ``failed`` (the error as text). The
+worker's standard error is the parent's, and anything the computation prints goes there too,
+so only messages reach the pipe. The worker exits when its standard input closes, which happens
+when the parent exits.
+
+Running the computation outside the kernel also avoids a fault seen in Voila kernels
+(ipykernel 7.4, jax 0.10.2): the first XLA compilation of a new shape there sometimes waited
+without end, while the same code in a plain Python process never did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+
+from resnet_limits.config import DEFAULT_MEMORY_BUDGET_BYTES, LimitSettings, RunConfig
+
+# Seconds between two looks at the message queue while a run is waiting for the worker.
+POLL_SECONDS = 0.02
+
+# Seconds that ``stop`` waits for the worker to confirm a cancel before it kills the process.
+CANCEL_GRACE_SECONDS = 0.8
+
+FINAL_MESSAGES = ("finished", "cancelled", "failed")
+
+
+class WorkerError(RuntimeError):
+    """The worker process ended or broke the protocol."""
+
+
+def comparison_state(comparison) -> dict:
+    """Return the state of a ``Comparison`` that a worker reports at the end of a run."""
+    from resnet_limits.experiment import limit_error_summary
+
+    return {
+        "status": comparison.status,
+        "diverged_at": comparison.diverged_at,
+        "limit_diverged_at": dict(comparison.limit_diverged_at),
+        "limit_error_estimate": {
+            kind: limit_error_summary(estimate) for kind, estimate in comparison.limit_estimates.items()
+        },
+    }
+
+
+class ComparisonWorker:
+    """A worker process that runs one comparison at a time; started on first use.
+
+    ``compilation_cache_dir`` turns on JAX's persistent compilation cache in the worker.
+    """
+
+    def __init__(self, *, compilation_cache_dir: str | os.PathLike | None = None):
+        self.compilation_cache_dir = compilation_cache_dir
+        self._process: subprocess.Popen | None = None
+        self._messages: queue.Queue = queue.Queue()
+        self._next_id = 0
+        self._lock = threading.Lock()
+        self.ready = False
+
+    # -- the process --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker process unless it is running."""
+        with self._lock:
+            if self._process is not None and self._process.poll() is None:
+                return
+            command = [sys.executable, "-m", "resnet_limits.worker"]
+            if self.compilation_cache_dir is not None:
+                command += ["--compilation-cache", str(self.compilation_cache_dir)]
+            self._messages = queue.Queue()
+            self.ready = False
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            )
+            reader = threading.Thread(
+                target=_read_messages, args=(self._process, self._messages), daemon=True
+            )
+            reader.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def kill(self) -> None:
+        """End the worker process at once; the next run starts a new one."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    close = kill
+
+    def _send(self, request: dict) -> None:
+        try:
+            self._process.stdin.write(json.dumps(request) + "\n")
+            self._process.stdin.flush()
+        except (BrokenPipeError, OSError, AttributeError) as error:
+            raise WorkerError(f"the worker process is not running ({error})") from None
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        config: RunConfig,
+        limit_settings: LimitSettings | None = None,
+        *,
+        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    ) -> int:
+        """Send a run to the worker (starting it if needed) and return the run's id."""
+        self.start()
+        self._next_id += 1
+        self._send(
+            {
+                "type": "run",
+                "id": self._next_id,
+                "config": dataclasses.asdict(config),
+                "limit_settings": dataclasses.asdict(limit_settings or LimitSettings()),
+                "memory_budget_bytes": memory_budget_bytes,
+            }
+        )
+        return self._next_id
+
+    async def messages(self, run_id: int) -> AsyncIterator[dict]:
+        """Yield the messages of run ``run_id`` until its final one; raise WorkerError if the worker dies."""
+        while True:
+            message = self._take(run_id)
+            if message is None:
+                await asyncio.sleep(POLL_SECONDS)
+                continue
+            yield message
+            if message["type"] in FINAL_MESSAGES:
+                return
+
+    def _take(self, run_id: int) -> dict | None:
+        """Return the next message of run ``run_id``, or None when none is waiting."""
+        while True:
+            try:
+                message = self._messages.get_nowait()
+            except queue.Empty:
+                return None
+            if message["type"] == "exit":
+                raise WorkerError(f"the worker process ended (exit status {message['returncode']})")
+            if message["type"] == "ready":
+                self.ready = True
+                continue
+            if message.get("id") == run_id:
+                return message
+            # A message of an earlier run that was given up: drop it.
+
+    async def stop(self, run_id: int, grace: float = CANCEL_GRACE_SECONDS) -> dict | None:
+        """Cancel run ``run_id``; return its final message, or None after killing a worker that did not answer."""
+        try:
+            self._send({"type": "cancel", "id": run_id})
+        except WorkerError:
+            self.kill()
+            return None
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                message = self._take(run_id)
+            except WorkerError:
+                return None
+            if message is not None and message["type"] in FINAL_MESSAGES:
+                return message
+            await asyncio.sleep(POLL_SECONDS)
+        self.kill()
+        return None
+
+
+def _read_messages(process: subprocess.Popen, messages: queue.Queue) -> None:
+    for line in process.stdout:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            messages.put(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"resnet_limits.worker: not a message: {line[:200]}", file=sys.stderr)
+    messages.put({"type": "exit", "returncode": process.wait()})
+
+
+# -- the worker side --------------------------------------------------------------------------
+
+
+def serve(requests, output) -> None:
+    """Answer the run requests read from ``requests`` (lines), writing messages to ``output``."""
+    from resnet_limits.experiment import Comparison
+
+    pending: queue.Queue = queue.Queue()
+    cancelled: set[int] = set()
+
+    def read_requests() -> None:
+        for line in requests:
+            if not line.strip():
+                continue
+            request = json.loads(line)
+            if request["type"] == "cancel":
+                cancelled.add(request["id"])
+            pending.put(request)
+        pending.put(None)
+
+    def send(message: dict) -> None:
+        output.write(json.dumps(message) + "\n")
+        output.flush()
+
+    threading.Thread(target=read_requests, daemon=True).start()
+    send({"type": "ready"})
+    while (request := pending.get()) is not None:
+        if request["type"] != "run":
+            continue
+        run_id = request["id"]
+        if run_id in cancelled:
+            send({"type": "cancelled", "id": run_id, "state": None})
+            continue
+        comparison = None
+        try:
+            comparison = Comparison(
+                RunConfig(**request["config"]),
+                LimitSettings(**request["limit_settings"]),
+                memory_budget_bytes=request["memory_budget_bytes"],
+            )
+            for event in comparison.events():
+                send(
+                    {
+                        "type": "progress",
+                        "id": run_id,
+                        "stage": event.stage,
+                        "done": event.done,
+                        "total": event.total,
+                        "row": event.row,
+                    }
+                )
+                if run_id in cancelled:
+                    break
+        except Exception as error:  # reported to the parent, which shows it
+            send({"type": "failed", "id": run_id, "error": f"{type(error).__name__}: {error}"})
+            continue
+        final = "cancelled" if run_id in cancelled and not comparison.completed else "finished"
+        send({"type": final, "id": run_id, "state": comparison_state(comparison)})
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m resnet_limits.worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--compilation-cache", default=None, help="directory of JAX's persistent compilation cache")
+    args = parser.parse_args(argv)
+
+    # Messages own the original standard output; everything else printed goes to standard error.
+    output = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    if args.compilation_cache:
+        from resnet_limits.compilation_cache import enable_compilation_cache
+
+        enable_compilation_cache(args.compilation_cache)
+    try:
+        serve(sys.stdin, output)
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The worker process's protocol: requests in, JSON messages out, equal to a run in this process."""
+
+import asyncio
+import dataclasses
+import io
+import json
+
+from resnet_limits.config import LimitSettings, RunConfig
+from resnet_limits.experiment import Comparison
+from resnet_limits.worker import ComparisonWorker, serve
+
+CONFIG = RunConfig(L=4, M=8, D=8, K=3)
+SETTINGS = LimitSettings(depth_points=4, particles=96)
+
+
+def _request(kind: str, run_id: int, **fields) -> str:
+    return json.dumps({"type": kind, "id": run_id, **fields}) + "\n"
+
+
+def _run_request(run_id: int, config: RunConfig = CONFIG) -> str:
+    return _request(
+        "run",
+        run_id,
+        config=dataclasses.asdict(config),
+        limit_settings=dataclasses.asdict(SETTINGS),
+        memory_budget_bytes=2**30,
+    )
+
+
+def test_serve_answers_runs_in_order_and_honours_an_early_cancel():
+    requests = io.StringIO(
+        _run_request(1)
+        + _request("cancel", 2)
+        + _run_request(2)
+        + _run_request(3, dataclasses.replace(CONFIG, learning_rate=-1.0))
+    )
+    output = io.StringIO()
+
+    serve(requests, output)
+
+    messages = [json.loads(line) for line in output.getvalue().splitlines()]
+    assert messages[0] == {"type": "ready"}
+    finals = [(m["type"], m["id"]) for m in messages if m["type"] != "progress" and "id" in m]
+    assert finals == [("finished", 1), ("cancelled", 2), ("failed", 3)]
+    assert "learning_rate must be positive and finite, got -1.0" in messages[-1]["error"]
+
+    reference = Comparison(CONFIG, SETTINGS, cache=None).run()
+    progress = [m for m in messages if m["type"] == "progress"]
+    assert [m["row"] for m in progress if m["row"] is not None] == reference.rows
+    assert [m["done"] for m in progress] == list(range(1, progress[0]["total"] + 1))
+    finished = next(m for m in messages if m["type"] == "finished")
+    assert finished["state"]["status"] == "completed"
+    assert finished["state"]["diverged_at"] is None
+    assert set(finished["state"]["limit_error_estimate"]) == {"large-D", "fixed-D"}
+
+
+def test_worker_process_runs_and_ends_with_its_input():
+    worker = ComparisonWorker()
+
+    async def run():
+        run_id = worker.submit(CONFIG, SETTINGS)
+        return [message async for message in worker.messages(run_id)]
+
+    messages = asyncio.run(run())
+
+    assert messages[-1]["type"] == "finished"
+    assert worker.ready
+    reference = Comparison(CONFIG, SETTINGS, cache=None).run()
+    assert [m["row"] for m in messages if m.get("row") is not None] == reference.rows
+
+    process = worker._process
+    process.stdin.close()  # as when the parent exits
+    assert process.wait(timeout=10) == 0
