@@ -6,7 +6,7 @@ import io
 import json
 
 from resnet_limits.config import LimitSettings, RunConfig
-from resnet_limits.experiment import Comparison
+from resnet_limits.experiment import Comparison, LimitCache
 from resnet_limits.worker import ComparisonWorker, serve
 
 CONFIG = RunConfig(L=4, M=8, D=8, K=3)
@@ -71,3 +71,18 @@ def test_worker_process_runs_and_ends_with_its_input():
     process = worker._process
     process.stdin.close()  # as when the parent exits
     assert process.wait(timeout=10) == 0
+
+
+def test_limit_cache_directory_survives_a_new_cache(tmp_path):
+    first = Comparison(CONFIG, SETTINGS, cache=LimitCache(directory=tmp_path)).run()
+    assert len(list(tmp_path.glob("limit-*.npz"))) == 2
+
+    # A new cache on the same directory, as in a restarted worker, computes no limit.
+    cache = LimitCache(directory=tmp_path)
+    second = Comparison(CONFIG, SETTINGS, cache=cache)
+    events = list(second.events())
+
+    assert [event.stage for event in events] == ["training"] * (CONFIG.K + 1)
+    assert second.rows == first.rows
+    assert second.to_dict()["limit_error_estimate"] == first.to_dict()["limit_error_estimate"]
+    assert list(tmp_path.glob("*.tmp")) == []

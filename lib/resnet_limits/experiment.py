@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
+import logging
+import os
+import pathlib
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 
@@ -21,6 +26,7 @@ import jax
 import numpy as np
 
 from resnet_limits import bounds, limits, metrics
+from resnet_limits.compilation_cache import default_cache_dir
 from resnet_limits.config import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     LimitSettings,
@@ -31,7 +37,10 @@ from resnet_limits.config import (
 from resnet_limits.limits.extrapolation import LEVELS, LimitEstimate, check_particles, estimate_limit_events
 from resnet_limits.models import MLUResNet
 from resnet_limits.tasks import Task, coupled_embeddings, get_task
-from resnet_limits.training import StepRecord, training_steps
+from resnet_limits.training import StepRecord, Trajectory, training_steps
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
 
 STAGE_LIMIT = "large-D limit"
 STAGE_MEAN_ODE = "fixed-D Mean ODE"
@@ -49,21 +58,34 @@ LIMIT_UNITS = 2 * LEVELS
 
 
 class LimitCache:
-    """Least-recently-used store of limit estimates, keyed by everything they depend on."""
+    """Least-recently-used store of limit estimates, keyed by everything they depend on.
 
-    def __init__(self, max_entries: int = 32):
+    With a ``directory``, every estimate is also written there as a NumPy ``.npz`` file (no
+    pickle), named by a hash of its key, and read back when it is not in memory. A process that
+    restarts, or another process that shares the directory, then finds the limits computed before.
+    """
+
+    def __init__(self, max_entries: int = 32, directory: str | os.PathLike | None = None):
         self.max_entries = max_entries
+        self.directory = pathlib.Path(directory) if directory is not None else None
         self._entries: collections.OrderedDict[tuple, LimitEstimate] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: tuple) -> LimitEstimate | None:
         with self._lock:
-            if key not in self._entries:
-                return None
-            self._entries.move_to_end(key)
-            return self._entries[key]
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        estimate = self._read(key)
+        if estimate is not None:
+            self._remember(key, estimate)
+        return estimate
 
     def put(self, key: tuple, estimate: LimitEstimate) -> None:
+        self._remember(key, estimate)
+        self._write(key, estimate)
+
+    def _remember(self, key: tuple, estimate: LimitEstimate) -> None:
         with self._lock:
             self._entries[key] = estimate
             self._entries.move_to_end(key)
@@ -72,6 +94,78 @@ class LimitCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    # -- on disk ------------------------------------------------------------------------------
+
+    def path(self, key: tuple) -> pathlib.Path | None:
+        """Return the file of ``key`` in the directory, or None without a directory."""
+        if self.directory is None:
+            return None
+        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+        return self.directory / f"limit-{digest}.npz"
+
+    def _write(self, key: tuple, estimate: LimitEstimate) -> None:
+        path = self.path(key)
+        if path is None:
+            return
+        trajectory = estimate.trajectory
+        arrays = {
+            "key": np.array(repr(key)),
+            "loss_K": trajectory.loss_K,
+            "f_KxDoutxN": trajectory.f_KxDoutxN,
+            "h_KxDxN": trajectory.h_KxDxN,
+            "diverged_at": np.array(-1 if trajectory.diverged_at is None else trajectory.diverged_at),
+            "errors": np.array(
+                [
+                    estimate.error_estimate,
+                    estimate.relative_error_estimate,
+                    estimate.depth_error,
+                    estimate.monte_carlo_error,
+                ]
+            ),
+            "depth_points": np.array(estimate.depth_points),
+            "particles": np.array(estimate.particles),
+        }
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+                np.savez(handle, **arrays)
+            os.replace(handle.name, path)
+        except OSError as error:
+            logger.warning("limit not stored in %s: %s", path, error)
+
+    def _read(self, key: tuple) -> LimitEstimate | None:
+        path = self.path(key)
+        if path is None or not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if str(data["key"]) != repr(key):  # a hash collision
+                    return None
+                diverged_at = int(data["diverged_at"])
+                errors = [float(value) for value in data["errors"]]
+                return LimitEstimate(
+                    trajectory=Trajectory(
+                        loss_K=data["loss_K"],
+                        f_KxDoutxN=data["f_KxDoutxN"],
+                        h_KxDxN=data["h_KxDxN"],
+                        diverged_at=None if diverged_at < 0 else diverged_at,
+                    ),
+                    error_estimate=errors[0],
+                    relative_error_estimate=errors[1],
+                    depth_error=errors[2],
+                    monte_carlo_error=errors[3],
+                    depth_points=tuple(int(depth) for depth in data["depth_points"]),
+                    particles=int(data["particles"]),
+                )
+        except (OSError, ValueError, KeyError) as error:
+            logger.warning("ignoring unreadable limit file %s: %s", path, error)
+            return None
+
+
+def default_limit_cache_dir() -> pathlib.Path:
+    """Return $XDG_CACHE_HOME/resnet-limits/limits, with ~/.cache in place of an unset XDG_CACHE_HOME."""
+    return default_cache_dir().parent / "limits"
 
 
 DEFAULT_CACHE = LimitCache()

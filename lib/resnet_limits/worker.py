@@ -73,11 +73,19 @@ def comparison_state(comparison) -> dict:
 class ComparisonWorker:
     """A worker process that runs one comparison at a time; started on first use.
 
-    ``compilation_cache_dir`` turns on JAX's persistent compilation cache in the worker.
+    ``compilation_cache_dir`` turns on JAX's persistent compilation cache in the worker, and
+    ``limit_cache_dir`` keeps its limit estimates on disk, so a new worker (after a kill) finds
+    both again.
     """
 
-    def __init__(self, *, compilation_cache_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        *,
+        compilation_cache_dir: str | os.PathLike | None = None,
+        limit_cache_dir: str | os.PathLike | None = None,
+    ):
         self.compilation_cache_dir = compilation_cache_dir
+        self.limit_cache_dir = limit_cache_dir
         self._process: subprocess.Popen | None = None
         self._messages: queue.Queue = queue.Queue()
         self._next_id = 0
@@ -94,6 +102,8 @@ class ComparisonWorker:
             command = [sys.executable, "-m", "resnet_limits.worker"]
             if self.compilation_cache_dir is not None:
                 command += ["--compilation-cache", str(self.compilation_cache_dir)]
+            if self.limit_cache_dir is not None:
+                command += ["--limit-cache", str(self.limit_cache_dir)]
             self._messages = queue.Queue()
             self.ready = False
             self._process = subprocess.Popen(
@@ -219,10 +229,14 @@ def _read_messages(process: subprocess.Popen, messages: queue.Queue) -> None:
 # -- the worker side --------------------------------------------------------------------------
 
 
-def serve(requests, output) -> None:
-    """Answer the run requests read from ``requests`` (lines), writing messages to ``output``."""
-    from resnet_limits.experiment import Comparison
+def serve(requests, output, cache=None) -> None:
+    """Answer the run requests read from ``requests`` (lines), writing messages to ``output``.
 
+    ``cache`` is the LimitCache of every run, the library's in-memory default if None.
+    """
+    from resnet_limits.experiment import DEFAULT_CACHE, Comparison
+
+    cache = DEFAULT_CACHE if cache is None else cache
     pending: queue.Queue = queue.Queue()
     cancelled: set[int] = set()
 
@@ -255,6 +269,7 @@ def serve(requests, output) -> None:
                 RunConfig(**request["config"]),
                 LimitSettings(**request["limit_settings"]),
                 memory_budget_bytes=request["memory_budget_bytes"],
+                cache=cache,
             )
             for event in comparison.events():
                 send(
@@ -281,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m resnet_limits.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--compilation-cache", default=None, help="directory of JAX's persistent compilation cache")
+    parser.add_argument("--limit-cache", default=None, help="directory where limit estimates are kept")
     args = parser.parse_args(argv)
 
     # Messages own the original standard output; everything else printed goes to standard error.
@@ -290,8 +306,11 @@ def main(argv: list[str] | None = None) -> None:
         from resnet_limits.compilation_cache import enable_compilation_cache
 
         enable_compilation_cache(args.compilation_cache)
+    from resnet_limits.experiment import LimitCache
+
+    cache = LimitCache(directory=args.limit_cache) if args.limit_cache else None
     try:
-        serve(sys.stdin, output)
+        serve(sys.stdin, output, cache)
     except (BrokenPipeError, KeyboardInterrupt):
         pass
 

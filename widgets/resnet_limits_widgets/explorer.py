@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import html
 import logging
+import os
 import time
 
 import altair as alt
@@ -29,6 +30,7 @@ from resnet_limits.experiment import (
     Comparison,
     LimitCache,
     Progress,
+    default_limit_cache_dir,
     limit_error_summary,
 )
 from resnet_limits.limits import LARGE_DIM
@@ -53,6 +55,9 @@ APP_MEMORY_BUDGET_BYTES = 2**30
 # estimate is about 1e-3 of the targets on paper-tanh, far below the errors the app shows, and
 # both limits of a new task take about 3 s on a 2-core CPU.
 APP_LIMIT_SETTINGS = LimitSettings(depth_points=32, particles=2048)
+
+# Marks the default of ``limit_cache_dir``: the user's cache directory.
+USER_CACHE = "user cache"
 
 # Minimum seconds between two redraws of the error chart during training. Each redraw sends the
 # whole chart to the browser.
@@ -134,6 +139,7 @@ class ExplorerApp:
         auto_run: bool = True,
         compilation_cache: bool = True,
         use_worker: bool = True,
+        limit_cache_dir: str | os.PathLike | None = USER_CACHE,
     ):
         cache_dir = enable_compilation_cache() if compilation_cache else None
         alt.JupyterChart.enable_offline()
@@ -142,7 +148,13 @@ class ExplorerApp:
         self.limit_settings = limit_settings or APP_LIMIT_SETTINGS
         self.memory_budget_bytes = memory_budget_bytes
         self.cache = cache
-        self.worker = ComparisonWorker(compilation_cache_dir=cache_dir) if use_worker else None
+        if limit_cache_dir is USER_CACHE:
+            limit_cache_dir = default_limit_cache_dir()
+        self.worker = (
+            ComparisonWorker(compilation_cache_dir=cache_dir, limit_cache_dir=limit_cache_dir)
+            if use_worker
+            else None
+        )
         if self.worker is not None:
             self.worker.start()  # its imports overlap with the page's first render
         self.limit_errors: dict[str, dict] = {}  # per limit kind, the latest run's error estimate
