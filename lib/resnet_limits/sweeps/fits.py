@@ -145,23 +145,26 @@ def fit_error_law(
 
     result = optimize.least_squares(residuals, start, jac=jacobian, bounds=(0, np.inf), method="trf",
                                     x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12)
-    constants = result.x
+    # A constant at its bound 0 has a vanishing derivative, so it is set to 0 and gets no interval.
+    at_bound = (result.active_mask != 0) | (result.x < 1e-6 * max(float(result.x.max()), 1e-300))
+    constants = np.where(at_bound, 0.0, result.x)
     degrees_of_freedom = num_points - num_constants
     variance = float(np.sum(result.fun**2) / degrees_of_freedom)
     jac_NxT = jacobian(constants)
     information = jac_NxT.T @ jac_NxT
     quantile = stats.t.ppf(0.5 + CONFIDENCE / 2, degrees_of_freedom)
     low, high = np.full(num_constants, np.nan), np.full(num_constants, np.nan)
+    free = ~at_bound
+    covariance = np.full((num_constants, num_constants), np.nan)
     try:
-        covariance = variance * np.linalg.inv(information)
+        covariance[np.ix_(free, free)] = variance * np.linalg.inv(information[np.ix_(free, free)])
     except np.linalg.LinAlgError:
-        covariance = None
-    if covariance is not None:
-        for index in range(num_constants):
-            if constants[index] > 0 and covariance[index, index] >= 0:
-                half_width = quantile * math.sqrt(covariance[index, index])
-                low[index] = max(0.0, constants[index] - half_width)
-                high[index] = constants[index] + half_width
+        pass
+    for index in range(num_constants):
+        if not at_bound[index] and covariance[index, index] >= 0:
+            half_width = quantile * math.sqrt(covariance[index, index])
+            low[index] = max(0.0, constants[index] - half_width)
+            high[index] = constants[index] + half_width
     return LawFit(
         law=law.name,
         terms=terms,
