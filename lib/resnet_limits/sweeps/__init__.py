@@ -1,8 +1,8 @@
 """Sweeps over shapes, seeds and task settings, their resumable result store and the error-law fits.
 
-``grid`` defines what a sweep contains, ``store`` the Parquet directory of its results,
-``runner`` how the runs are computed (here or on a Dask cluster), ``fits`` the error-law and
-slope fits of the results, and ``paths`` the shapes along parameter budgets that the bound predicts.
+Modules: ``grid`` (the configurations of a sweep), ``store`` (the Parquet directory of its
+results), ``runner`` (computing the runs here or on a Dask cluster), ``fits`` (error-law and slope
+fits) and ``paths`` (the shapes along parameter budgets that the bound prefers).
 """
 
 from resnet_limits.sweeps.grid import (

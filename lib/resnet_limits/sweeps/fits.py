@@ -8,8 +8,8 @@ Every row counts as one point, so seeds are replicates.
 
 Confidence intervals of the constants come from the Jacobian of the residuals at the optimum:
 covariance s^2 (J^T J)^{-1} with s^2 the residual variance, and a Student t quantile with n - p
-degrees of freedom. They are asymptotic intervals, which assume the law holds and the scatter of
-log errors is independent across points; a constant fitted at its bound 0 gets no interval.
+degrees of freedom. They are asymptotic intervals, which assume that the law is exact and that the scatter of log
+errors is independent across points. A constant fitted at its bound 0 gets no interval.
 
 ``axis_slopes`` regresses log error on log size along one axis with the others fixed, with a
 95 % interval from the ordinary least-squares standard error.
@@ -200,9 +200,9 @@ def fit_slope(sizes, errors) -> Slope:
 def axis_slopes(frame: pd.DataFrame, column: str, axes=AXES) -> pd.DataFrame:
     """Return the slope of log ``column`` against log of each axis, per fixed value of the others.
 
-    One row per axis and per combination of the other axes (and of the task settings columns the
-    frame has) that takes at least two sizes on the axis: axis, the fixed values, slope, its 95 %
-    interval, the number of points and of sizes.
+    The frame has one row per axis and per combination of the other axes and task settings that
+    has at least two sizes on the axis. Its columns are the axis, the fixed values, the slope, its
+    95 % interval, and the numbers of points and of sizes.
     """
     settings = [name for name in SETTINGS_COLUMNS if name in frame.columns]
     rows = []

@@ -104,8 +104,8 @@ class LargeLimit:
 def compute_large_limit(settings: TaskSettings, spec: SweepSpec) -> LargeLimit:
     """Return the extrapolated large-D limit of ``settings`` at the spec's tolerance.
 
-    When the tolerance is out of reach, logs a warning and returns the best estimate; its error
-    estimate is then recorded in every row, in the column ``limit_error_estimate``.
+    When the tolerance is out of reach, logs a warning and returns the best estimate. Every row
+    records the estimate's error in the column ``limit_error_estimate``.
     """
     config = settings.run_config(1, 1, 1, 0)
     task = get_task(config.task)
@@ -271,7 +271,7 @@ class SweepProgress:
 
 @dataclasses.dataclass(frozen=True)
 class SweepSummary:
-    """What one ``run_sweep`` call did."""
+    """Counts of configurations of one ``run_sweep`` call, and its duration."""
 
     total: int
     skipped: int  # configurations whose part existed before the call
@@ -316,7 +316,7 @@ def run_sweep(
 
     ``scheduler`` is None (run here), a scheduler address such as "tcp://127.0.0.1:8786", or a
     ``distributed.Client``. ``trainer`` defaults to ``DEFAULT_TRAINER``. Raises StoreMismatchError
-    when ``out`` holds a sweep that ``spec`` does not cover, and MemoryBudgetError, before any
+    when ``out`` contains a sweep that ``spec`` does not cover, and MemoryBudgetError, before any
     work, when a shape's memory estimate is over ``memory_budget_bytes``.
     """
     trainer = DEFAULT_TRAINER if trainer is None else trainer

@@ -7,7 +7,7 @@ Layout of a store directory:
     limits/<hash>.npz         large-D limit trajectories, NumPy archives without pickle
 
 Every file is written to a temporary file in its own directory and moved into place with
-``os.replace``, so a reader or a restarted sweep sees either the whole file or none of it.
+``os.replace``, so a reader or a restarted sweep finds either the whole file or none of it.
 A configuration whose part exists is finished, whatever its status.
 """
 
@@ -112,8 +112,8 @@ class ResultStore:
     def open(self, spec: SweepSpec) -> SweepSpec:
         """Create the store for ``spec``, or check that an existing one can be resumed with it.
 
-        A store can be resumed by a spec that covers its own (same limit settings, and every
-        configuration of the old spec among the new ones); its manifest then records the new spec.
+        A spec can resume a store when it has the same limit settings and every configuration of
+        the store's spec. The manifest then records the new spec.
         Raises StoreMismatchError otherwise.
         """
         spec = spec.validated()
