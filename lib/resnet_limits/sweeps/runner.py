@@ -7,6 +7,10 @@ cluster when given a scheduler address or a ``distributed.Client``. In both case
 writes each configuration's part as soon as its rows arrive, so a killed sweep loses only the
 groups in flight, and a rerun skips every configuration whose part exists.
 
+NOTE: Dask serialises the submitted call (``compute_group``, the group, the large-D limit and the
+trainer) with its own protocol, which falls back to pickle. The results it returns are plain
+lists of dicts, and the store itself contains only Parquet, JSON and NumPy archives.
+
 References:
 
 * Large-D limit: the Richardson-extrapolated estimate of ``limits.extrapolation.estimate_limit``
