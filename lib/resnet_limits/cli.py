@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": cli_sweeps.run_sweep_command,
         "fit": cli_sweeps.run_fit_command,
         "shape": cli_sweeps.run_shape_command,
+        "reproduce": cli_sweeps.run_reproduce_command,
     }
     try:
         if args.command in sweep_commands:

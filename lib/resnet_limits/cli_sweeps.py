@@ -21,6 +21,8 @@ from resnet_limits.config import (
 )
 from resnet_limits.tasks import TASKS
 
+# The figure registry of resnet_limits.reproduce, repeated here so building the parser imports no pandas.
+FIGURE_NAMES = ("tanh-error-vs-D", "tanh-error-vs-M", "tanh-error-vs-P", "linear-error-vs-D", "linear-error-vs-M")
 AXIS_HELP = "a list such as 1,4,16, or log:START:STOP:COUNT for COUNT log-spaced distinct integers"
 
 
@@ -97,6 +99,21 @@ def add_sweep_commands(commands) -> None:
     shape.add_argument("--law", choices=("embedding", "output"), default="embedding", help="error law (default embedding)")
     shape.add_argument("--path", default=None, help="D exponent c of a path D = P^c, e.g. 1/3 (default: the optimal one)")
     shape.add_argument("--json", action="store_true", help="print one JSON object")
+
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="recompute the figures of the paper's sweeps: PNG, SVG, Vega-Lite spec and Parquet data",
+        description="Run the sweeps behind the named figures into OUT/sweeps (resumable like any sweep) and write "
+                    "each figure as NAME.png, NAME.svg, NAME.vl.json and its data as NAME.parquet. The full grid "
+                    "is L = 50, M and D over log:1:2000:20, 5 seeds; its largest shapes need --memory-budget 5.",
+    )
+    reproduce.add_argument("names", nargs="+", metavar="NAME", help="figure names, or all: " + ", ".join(FIGURE_NAMES))
+    reproduce.add_argument("--out", required=True, help="directory for the figures and their sweeps")
+    reproduce.add_argument("--quick", action="store_true",
+                           help="M and D over log:1:64:4 and 2 seeds in place of the full grid")
+    reproduce.add_argument("--scheduler", default=None, help="address of a Dask scheduler (default: run here)")
+    reproduce.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET_BYTES / 2**30,
+                           help="largest memory estimate accepted for one run, in GiB (default %(default)s)")
 
 
 def _parse_floats(text: str | None, name: str, option: str) -> list[float | None]:
@@ -296,3 +313,28 @@ def _fraction_text(value: float) -> str:
     if abs(float(fraction) - value) < 1e-9:
         return str(fraction)
     return f"{value:.4g}"
+
+
+def run_reproduce_command(args) -> int:
+    from resnet_limits import reproduce
+
+    names = reproduce.resolve_names(args.names)
+    budget = int(check_positive_float("memory budget", args.memory_budget, "--memory-budget", example=5) * 2**30)
+    interactive = sys.stderr.isatty()
+
+    def report(progress) -> None:
+        print(("\r" if interactive else "") + progress.line(), end="" if interactive else "\n", file=sys.stderr,
+              flush=True)
+
+    grid = reproduce.QUICK_GRID if args.quick else reproduce.PAPER_GRID
+    try:
+        written = reproduce.reproduce(names, args.out, grid=grid, scheduler=args.scheduler, on_progress=report,
+                                      memory_budget_bytes=budget)
+    except KeyboardInterrupt:
+        print(f"\nresnet-limits: interrupted; rerun the same command to resume from {args.out}", file=sys.stderr)
+        return 130
+    if interactive:
+        print(file=sys.stderr)
+    for path in written:
+        print(path)
+    return 0
