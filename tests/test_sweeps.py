@@ -32,8 +32,8 @@ from resnet_limits.training import Trajectory
 # at one compiled shape.
 LIMIT_KWARGS = dict(limit_tol=1.0, limit_start=LimitSettings(4, 256), mean_ode=LimitSettings(4, 64))
 SETTINGS = (TaskSettings(K=2),)
-DEPTHS, WIDTHS, DIMS, SEEDS = (2,), (2, 4, 8), (12, 16), (0, 1)
-CLI_AXES = ["-L", "2", "-M", "2,4,8", "-D", "12,16", "--seeds", "2", "-K", "2", "--limit-tol", "1",
+DEPTHS, WIDTHS, DIMS, SEEDS = (2,), (2, 4), (12, 16), (0, 1)
+CLI_AXES = ["-L", "2", "-M", "2,4", "-D", "12,16", "--seeds", "2", "-K", "2", "--limit-tol", "1",
             "--limit-depth", "4", "--limit-particles", "256", "--mean-ode-depth", "4", "--mean-ode-particles", "64"]
 
 
