@@ -9,7 +9,7 @@ from resnet_limits import cli_sweeps, reproduce
 from resnet_limits.cli import main
 from resnet_limits.config import ConfigError, LimitSettings
 
-# The same code path as the paper's grid, with shapes and limits small enough for a test.
+# Runs the code path of PAPER_GRID, with shapes and limits small enough for a test.
 TINY_GRID = reproduce.Grid(depth=2, widths=(2, 4), dims=(6, 8), seeds=(0,), steps=2, limit_tol=1.0,
                            limit_start=LimitSettings(4, 256), mean_ode=LimitSettings(4, 64))
 

@@ -64,7 +64,7 @@ class Figure:
     name: str
     task: str
     x: str  # "D", "M" or "P"
-    series: str | None  # the column that tells lines apart, or None for one cloud of points
+    series: str | None  # the column whose values are the lines, or None for one cloud of points
     title: str
 
 
