@@ -302,3 +302,17 @@ def test_dask_cluster_matches_in_process(reference, tmp_path):
         cluster.close()
     assert summary.computed == len(small_spec().configurations())
     pd.testing.assert_frame_equal(comparable(ResultStore(tmp_path).load()), comparable(reference[0]), check_exact=True)
+
+
+def test_real_divergence_recorded(reference, tmp_path):
+    """At eta = 1e6 the network and the large-D limit both diverge; the sweep records it and goes on."""
+    spec = small_spec(widths=(2,), dims=(12,), seeds=(0,), settings=(TaskSettings(K=3, learning_rate=1e6),))
+    start = time.perf_counter()
+    summary = run_sweep(spec, tmp_path)
+    # The tolerance search stops at the divergence instead of growing L' and M' to their maximum.
+    assert time.perf_counter() - start < 60
+    assert summary.diverged == 1
+    frame = ResultStore(tmp_path).load()
+    assert set(frame["status"]) == {"diverged"}
+    assert len(frame) == frame["diverged_at"].iloc[0]
+    assert list(frame["step"]) == list(range(len(frame)))

@@ -105,6 +105,10 @@ class LargeLimit:
         return Trajectory(self.loss_K, self.f_KxDoutxN, self.a_KxRxN)
 
 
+class _LimitDiverged(Exception):
+    """A level of the large-D extrapolation diverged; args are its L' and the step."""
+
+
 def compute_large_limit(settings: TaskSettings, spec: SweepSpec) -> LargeLimit:
     """Return the extrapolated large-D limit of ``settings`` at the spec's tolerance.
 
@@ -114,21 +118,26 @@ def compute_large_limit(settings: TaskSettings, spec: SweepSpec) -> LargeLimit:
     config = settings.run_config(1, 1, 1, 0)
     task = get_task(config.task)
     problem = limits.large_dim_problem(task)
+    kwargs = dict(steps=config.K, learning_rate=config.learning_rate, alpha=config.alpha,
+                  activation=config.activation, dtype=config.dtype)
+
+    def stop_if_diverged(depth_points: int, trajectory: Trajectory) -> None:
+        if trajectory.diverged_at is not None:
+            raise _LimitDiverged(depth_points, trajectory.diverged_at)
+
     try:
-        estimate = estimate_limit(
-            problem,
-            task,
-            spec.limit_start,
-            tol=spec.limit_tol,
-            steps=config.K,
-            learning_rate=config.learning_rate,
-            alpha=config.alpha,
-            activation=config.activation,
-            dtype=config.dtype,
-        )
+        estimate = estimate_limit(problem, task, spec.limit_start, tol=spec.limit_tol,
+                                  on_level_done=stop_if_diverged, **kwargs)
     except ToleranceNotReached as error:
         logger.warning("large-D limit of %s: %s; using the best estimate", settings, error)
         estimate = error.best
+    except _LimitDiverged as diverged:
+        # A diverged limit has no finite error estimate, so more depth points or particles
+        # cannot meet the tolerance. One extrapolation gives the steps before the divergence.
+        depth_points, step = diverged.args
+        logger.warning("large-D limit of %s diverged at step %d with L' = %d; its rows stop there",
+                       settings, step, depth_points)
+        estimate = estimate_limit(problem, task, spec.limit_start, tol=None, **kwargs)
     trajectory = estimate.trajectory
     return LargeLimit(trajectory.loss_K, trajectory.f_KxDoutxN, trajectory.h_KxDxN, estimate.error_estimate)
 
