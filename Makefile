@@ -5,7 +5,7 @@ PORT ?= 8866
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install app test test-fast bench chromium clean
+.PHONY: install app test test-fast bench reproduce chromium clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py
+
+reproduce: install
+	$(BIN)/resnet-limits reproduce all --quick --out figures
 
 clean:
 	rm -rf $(VENV) .pytest_cache .jupyter-test

@@ -169,3 +169,22 @@ def test_balanced_shape_needs_three_terms():
     law = ErrorLaw("two", (DEPTH_TERM, EMBEDDING_TERM), (1.0, 1.0))
     with pytest.raises(ValueError, match="exactly three terms"):
         balanced_shape(1e6, law)
+
+
+@pytest.mark.parametrize(
+    "dim, depth, rate",
+    [(1 / 4, 1 / 8, 1 / 8), (1 / 3, 1 / 6, 1 / 6), (5 / 12, 1 / 12, 1 / 12), (1 / 2, 0.0, 0.0)],
+)
+def test_optimal_exponents_fixed_dim(dim, depth, rate):
+    """On D = P^c the rates are a, (1 - 2c)/2 and c/2; the least depth reaching the best rate is a = rate."""
+    assert_exponents(optimal_exponents(EMBEDDING_LAW.terms, dim=dim), depth, 1 - depth - dim, dim, rate)
+
+
+def test_optimal_exponents_fixed_dim_output_law():
+    """Output rates on D = P^(1/3): a, 1 - 2c = 1/3 and c/2 = 1/6, so the rate is 1/6 at a = 1/6."""
+    assert_exponents(optimal_exponents(OUTPUT_LAW.terms, dim=1 / 3), 1 / 6, 1 / 2, 1 / 3, 1 / 6)
+
+
+def test_optimal_exponents_fixed_dim_out_of_range():
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        optimal_exponents(EMBEDDING_LAW.terms, dim=1.5)

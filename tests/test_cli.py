@@ -244,3 +244,105 @@ def test_limit_rejects_bad_tolerance(capsys):
     status, _, err = run_main(capsys, ["limit", "--tol", "0"])
     assert status == 2
     assert "--tol" in err
+
+
+# -- sweep, fit and shape -----------------------------------------------------------------------
+
+SWEEP_AXES = ["-L", "2", "-M", "2,4", "-D", "12", "--seeds", "2", "-K", "2", "--limit-tol", "1",
+              "--limit-depth", "4", "--limit-particles", "256", "--mean-ode-depth", "4", "--mean-ode-particles", "64"]
+
+
+def test_sweep_resumes_and_fits(capsys, tmp_path):
+    out = str(tmp_path / "store")
+    status, stdout, stderr = run_main(capsys, ["sweep", *SWEEP_AXES, "--out", out])
+    assert status == 0, stderr
+    assert stdout.startswith(f"computed 4 configurations in ")
+    assert stdout.rstrip().endswith(f"skipped 0 already in {out} (4 in all); 0 failed, 0 diverged")
+    assert "sweep 4/4 configurations" in stderr
+
+    status, stdout, stderr = run_main(capsys, ["sweep", *SWEEP_AXES, "--out", out])
+    assert status == 0, stderr
+    assert stdout == f"nothing to compute: all 4 configurations are already in {out}\n"
+
+    status, stdout, _ = run_main(capsys, ["fit", out, "--json"])
+    assert status == 0
+    result = json.loads(stdout)
+    assert result["num_rows"] == 4
+    assert [entry["term"] for entry in result["laws"]["embedding"]["constants"]] == ["width", "embedding"]
+    assert [row["axis"] for row in result["slopes"]["embedding"]] == ["M"]
+
+    status, stdout, _ = run_main(capsys, ["fit", out])
+    assert status == 0
+    assert stdout.splitlines()[0] == f"{out}: 4 runs at last step K, errors against the limit"
+
+
+def test_sweep_rejects_other_spec(capsys, tmp_path):
+    out = str(tmp_path / "store")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "manifest.json").write_text(
+        json.dumps({"format": 1, "spec": {"shapes": [[2, 2, 12]], "seeds": [0], "settings": [{"task": "paper-tanh"}],
+                                          "limit_tol": 1.0, "limit_start": {"depth_points": 4, "particles": 256},
+                                          "mean_ode": {"depth_points": 8, "particles": 64}}})
+    )
+    status, _, err = run_main(capsys, ["sweep", *SWEEP_AXES, "--out", out])
+    assert status == 2
+    assert "different sweep" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-L", "2", "-M", "2,x", "-D", "12"], "invalid M axis"),
+        (["-L", "2", "-M", "2", "-D", "log:1:5:9"], "only 5 integers"),
+        (["-L", "2", "-M", "2"], "missing -D"),
+        (["--path", "1/3", "-L", "2"], "drop -L"),
+        (["--path", "3/2"], "outside [0, 1]"),
+        (["-L", "2", "-M", "2", "-D", "12", "--seeds", "0"], "--seeds"),
+        (["-L", "2", "-M", "2", "-D", "12", "--lr", "0.1,-1"], "--lr"),
+    ],
+)
+def test_sweep_invalid_input_exits_2(capsys, tmp_path, argv, message):
+    status, _, err = run_main(capsys, ["sweep", *argv, "--out", str(tmp_path / "store")])
+    assert status == 2
+    assert message in err
+    assert not (tmp_path / "store").exists()
+
+
+def test_fit_missing_store_exits_2(capsys, tmp_path):
+    status, _, err = run_main(capsys, ["fit", str(tmp_path)])
+    assert status == 2
+    assert "has no manifest.json" in err
+
+
+def test_shape_table_literal(capsys):
+    status, out, _ = run_main(capsys, ["shape", "--budget", "1e6"])
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0] == "embedding law, budget P = 1000000: L=10 M=1000 D=100 (P = 1000000)"
+    assert lines[1] == "exponents of P for L, M, D: 1/6, 1/2, 1/3; the bound decays as P^-1/6"
+    assert lines[-1].split() == ["bound", "(sum)", "=", "0.344"]
+
+
+def test_shape_json_output_law(capsys):
+    status, out, _ = run_main(capsys, ["shape", "-P", "1e5", "--law", "output", "--json"])
+    assert status == 0
+    result = json.loads(out)
+    assert result["shape"] == {"L": 10, "M": 100, "D": 100}
+    assert result["exponents"]["L"] == pytest.approx(0.2, abs=1e-9)
+    assert result["exponents"]["D"] == pytest.approx(0.4, abs=1e-9)
+    assert [term["weighted"] for term in result["terms"]] == pytest.approx([0.01, 0.015, 0.09], rel=1e-12)
+    assert result["bound"] == pytest.approx(0.115, rel=1e-12)
+
+
+def test_shape_on_path(capsys):
+    status, out, _ = run_main(capsys, ["shape", "-P", "1e8", "--path", "1/4", "--json"])
+    assert status == 0
+    result = json.loads(out)
+    assert result["shape"] == {"L": 10, "M": 100000, "D": 100}
+    assert result["rate"] == pytest.approx(1 / 8, abs=1e-9)
+
+
+def test_shape_rejects_small_budget(capsys):
+    status, _, err = run_main(capsys, ["shape", "-P", "0.5"])
+    assert status == 2
+    assert "budget" in err

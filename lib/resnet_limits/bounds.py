@@ -95,18 +95,25 @@ class ShapeExponents:
     rate: float
 
 
-def optimal_exponents(terms: tuple[BoundTerm, ...]) -> ShapeExponents:
+def optimal_exponents(terms: tuple[BoundTerm, ...], *, dim: float | None = None) -> ShapeExponents:
     """Return the exponents (a, b, c), a + b + c = 1, under which the slowest term decays fastest.
 
     First solves: maximise t subject to -(e_L a + e_M b + e_D c) >= t for every term,
     a + b + c = 1 and a, b, c >= 0. The maximiser is not unique, because L and M enter the width
     term only through L M while L also shrinks the depth term, so a second program takes the
     least depth exponent among the maximisers, as arXiv 2603.18168 does.
+
+    ``dim`` fixes c, for a path D = P^dim on which L and M split the rest of the budget.
     """
+    if dim is not None and not 0 <= dim <= 1:
+        raise ValueError(f"dim exponent must be from 0 to 1, got {dim}")
     # Variables (a, b, c, t); linprog minimises.
     upper_rows = np.array([[*term.exponents, 1.0] for term in terms])  # e . x + t <= 0
     upper_bounds = np.zeros(len(terms))
     equal_rows, equal_bounds = np.array([[1.0, 1.0, 1.0, 0.0]]), np.array([1.0])
+    if dim is not None:
+        equal_rows = np.vstack([equal_rows, [0.0, 0.0, 1.0, 0.0]])
+        equal_bounds = np.append(equal_bounds, dim)
     variable_bounds = [(0, 1), (0, 1), (0, 1), (None, None)]
 
     best_rate = _solve_linear_program(

@@ -1,4 +1,5 @@
-"""The ``resnet-limits`` command: train a network against its limits, or simulate a limit alone."""
+"""The ``resnet-limits`` command: train a network against its limits, simulate a limit alone, or run,
+fit and plan sweeps (``cli_sweeps``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import math
 import sys
 import time
 
-from resnet_limits import __version__
+from resnet_limits import __version__, cli_sweeps
 from resnet_limits.config import (
     ACTIVATIONS,
     DEFAULT_MEMORY_BUDGET_BYTES,
@@ -79,12 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
                             "points or the particles, whichever error part is larger, until it is met "
                             "(default: one extrapolation at --limit-depth and --limit-particles)")
     _add_common(limit)
+    cli_sweeps.add_sweep_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    sweep_commands = {
+        "sweep": cli_sweeps.run_sweep_command,
+        "fit": cli_sweeps.run_fit_command,
+        "shape": cli_sweeps.run_shape_command,
+        "reproduce": cli_sweeps.run_reproduce_command,
+    }
     try:
+        if args.command in sweep_commands:
+            return sweep_commands[args.command](args)
         limit_settings = LimitSettings(args.limit_depth, args.limit_particles).validate()
         budget_gib = check_positive_float("memory budget", args.memory_budget, "--memory-budget", example=2)
         budget = int(budget_gib * 2**30)

@@ -1,0 +1,204 @@
+"""A resumable on-disk store of sweep results: one Parquet part per finished configuration.
+
+Layout of a store directory:
+
+    manifest.json             the SweepSpec (JSON) that the store was made for
+    parts/<config_id>.parquet all steps of one configuration, one row per step
+    limits/<hash>.npz         large-D limit trajectories, NumPy archives without pickle
+
+Every file is written to a temporary file in its own directory and moved into place with
+``os.replace``, so a reader or a restarted sweep finds either the whole file or none of it.
+A configuration whose part exists is finished, whatever its status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from resnet_limits.config import ConfigError
+from resnet_limits.sweeps.grid import SweepSpec, stable_hash
+from resnet_limits.training import Trajectory
+
+MANIFEST = "manifest.json"
+PARTS = "parts"
+LIMITS = "limits"
+
+# Columns of every part, in order. A failed configuration has one row with a missing step.
+COLUMNS = (
+    "config_id",
+    "task",
+    "K",
+    "learning_rate",
+    "alpha",
+    "activation",
+    "dtype",
+    "L",
+    "M",
+    "D",
+    "seed",
+    "P",
+    "step",
+    "loss",
+    "embedding_error_mean_ode",
+    "embedding_error_limit",
+    "output_error_mean_ode",
+    "output_error_limit",
+    "status",
+    "diverged_at",
+    "wall_seconds",
+    "limit_error_estimate",
+    "message",
+)
+
+_DTYPES = {
+    "K": "int64",
+    "L": "int64",
+    "M": "int64",
+    "D": "int64",
+    "seed": "int64",
+    "P": "int64",
+    "step": "Int64",
+    "diverged_at": "Int64",
+    "learning_rate": "float64",
+    "alpha": "float64",
+    "loss": "float64",
+    "embedding_error_mean_ode": "float64",
+    "embedding_error_limit": "float64",
+    "output_error_mean_ode": "float64",
+    "output_error_limit": "float64",
+    "wall_seconds": "float64",
+    "limit_error_estimate": "float64",
+}
+
+
+class StoreMismatchError(ConfigError):
+    """A store made for a sweep spec that the requested spec does not cover."""
+
+
+def rows_to_frame(rows: list[dict]) -> pd.DataFrame:
+    """Return ``rows`` as a frame with the store's columns and column types."""
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    return frame.astype(_DTYPES)
+
+
+def _write_atomically(path: Path, write) -> None:
+    """Call ``write(temporary_path)``, then move the temporary file onto ``path``."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class ResultStore:
+    """The result directory of one sweep."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.path / PARTS
+
+    def open(self, spec: SweepSpec) -> SweepSpec:
+        """Create the store for ``spec``, or check that an existing one can be resumed with it.
+
+        A spec can resume a store when it has the same limit settings and every configuration of
+        the store's spec. The manifest then records the new spec.
+        Raises StoreMismatchError otherwise.
+        """
+        spec = spec.validated()
+        manifest = self.path / MANIFEST
+        if manifest.exists():
+            previous = self.spec()
+            if not spec.covers(previous):
+                raise StoreMismatchError(
+                    f"the store {self.path} was made for a different sweep (its limit settings, shapes, seeds or "
+                    "task settings are not all in the new one); choose a new --out directory, or repeat the "
+                    f"sweep recorded in {manifest}"
+                )
+        elif self.path.exists() and any(self.path.iterdir()):
+            raise StoreMismatchError(
+                f"{self.path} is a non-empty directory without {MANIFEST}; choose an empty or new --out directory"
+            )
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        (self.path / LIMITS).mkdir(exist_ok=True)
+        text = json.dumps({"format": 1, "spec": spec.to_dict()}, indent=1)
+        _write_atomically(manifest, lambda temporary: Path(temporary).write_text(text))
+        return spec
+
+    def spec(self) -> SweepSpec:
+        """Return the spec recorded in the manifest."""
+        manifest = self.path / MANIFEST
+        if not manifest.exists():
+            raise ConfigError(f"{self.path} has no {MANIFEST}; pass the --out directory of a sweep")
+        return SweepSpec.from_dict(json.loads(manifest.read_text())["spec"])
+
+    def part_path(self, config_id: str) -> Path:
+        return self.parts_dir / f"{config_id}.parquet"
+
+    def finished_ids(self) -> set[str]:
+        """Return the ids of the configurations that have a part."""
+        if not self.parts_dir.exists():
+            return set()
+        return {path.stem for path in self.parts_dir.glob("*.parquet")}
+
+    def write_part(self, config_id: str, frame: pd.DataFrame) -> Path:
+        """Write the rows of one configuration atomically and return the part's path."""
+        path = self.part_path(config_id)
+        _write_atomically(path, lambda temporary: frame.to_parquet(temporary, index=False))
+        return path
+
+    def load(self) -> pd.DataFrame:
+        """Return every part as one frame, sorted by configuration and step."""
+        paths = sorted(self.parts_dir.glob("*.parquet")) if self.parts_dir.exists() else []
+        if not paths:
+            return rows_to_frame([])
+        frame = pd.concat([pd.read_parquet(path) for path in paths], ignore_index=True)
+        return frame.sort_values(["config_id", "step"], ignore_index=True)
+
+    # -- large-D limit trajectories -----------------------------------------------------------
+
+    def limit_path(self, key: dict) -> Path:
+        return self.path / LIMITS / f"{stable_hash(key)}.npz"
+
+    def load_limit(self, key: dict) -> tuple[Trajectory, float] | None:
+        """Return a stored limit trajectory and its error estimate, or None."""
+        path = self.limit_path(key)
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as archive:
+            diverged_at = int(archive["diverged_at"])
+            trajectory = Trajectory(
+                loss_K=archive["loss_K"],
+                f_KxDoutxN=archive["f_KxDoutxN"],
+                h_KxDxN=archive["h_KxDxN"],
+                diverged_at=None if diverged_at < 0 else diverged_at,
+            )
+            return trajectory, float(archive["error_estimate"])
+
+    def save_limit(self, key: dict, trajectory: Trajectory, error_estimate: float) -> None:
+        path = self.limit_path(key)
+        diverged_at = -1 if trajectory.diverged_at is None else trajectory.diverged_at
+
+        def write(temporary):
+            with open(temporary, "wb") as file:
+                np.savez(
+                    file,
+                    loss_K=trajectory.loss_K,
+                    f_KxDoutxN=trajectory.f_KxDoutxN,
+                    h_KxDxN=trajectory.h_KxDxN,
+                    diverged_at=np.int64(diverged_at),
+                    error_estimate=np.float64(error_estimate),
+                )
+
+        _write_atomically(path, write)
