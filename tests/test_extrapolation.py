@@ -109,3 +109,14 @@ def test_particles_multiple_of_eight():
     task = paper_linear()
     with pytest.raises(ValueError, match="multiple of 8"):
         estimate_limit(large_dim_problem(task), task, LimitSettings(4, 100), activation="identity", **LINEAR_SETTINGS)
+
+
+def test_tolerance_search_stops_when_the_limit_diverges():
+    task = paper_tanh()
+    estimate = estimate_limit(
+        large_dim_problem(task), task, LimitSettings(4, 96), tol=1e-9,
+        steps=6, learning_rate=1e4, alpha=1.0, activation="tanh", dtype="float32",
+    )
+    assert estimate.depth_points == (4, 8, 16)  # the first attempt, not grown
+    assert estimate.trajectory.diverged_at is not None
+    assert len(estimate.trajectory.loss_K) <= estimate.trajectory.diverged_at

@@ -232,6 +232,9 @@ def estimate_limit_events(
         estimate = _estimate(replicas, task, settings)
         if tol is None or estimate.error_estimate <= tol:
             return estimate
+        if estimate.trajectory.diverged_at is not None:
+            # A finer simulation diverges as well: the limit itself leaves the stable regime.
+            return estimate
 
         # The Monte Carlo error falls as 1/sqrt(M') and the depth error of R_2 as 1/L'^2, so the
         # power of two that brings the larger part to 80 % of the tolerance is predictable.
@@ -266,9 +269,10 @@ def estimate_limit(
 
     ``settings`` gives the coarsest L' and its M' particles per depth point. Without ``tol`` one
     extrapolation runs. With ``tol`` the search grows L' or M', whichever error part is larger,
-    by a power of two, until the estimate meets it. Keyword arguments ``tol``, ``steps``,
-    ``learning_rate``, ``alpha``, ``activation``, ``dtype``, ``max_depth_points`` and
-    ``max_particles`` are those of ``estimate_limit_events``. ``on_level(attempt, settings)`` is
+    by a power of two, until the estimate meets it; it stops at the first attempt in which a
+    simulation diverged, whose estimate carries the step in ``trajectory.diverged_at``. Keyword
+    arguments ``tol``, ``steps``, ``learning_rate``, ``alpha``, ``activation``, ``dtype``,
+    ``max_depth_points`` and ``max_particles`` are those of ``estimate_limit_events``. ``on_level(attempt, settings)`` is
     called before each attempt and ``on_level_done(depth_points, trajectory)`` after each level,
     so a caller keeps finished work. Raises ToleranceNotReached, carrying the best estimate, when
     L' or M' would pass ``max_depth_points`` or ``max_particles``.
