@@ -46,6 +46,10 @@ def check_train_json(result, steps):
         assert row["step"] == index
         for key in STEP_KEYS - {"step"}:
             assert math.isfinite(row[key]), (index, key)
+    assert set(result["limit_error_estimate"]) == {"large-D", "fixed-D"}
+    for summary in result["limit_error_estimate"].values():
+        assert 0 < summary["relative_error_estimate"] < 0.05
+        assert summary["depth_points"][1:] == [2 * summary["depth_points"][0], 4 * summary["depth_points"][0]]
 
 
 def test_train_json(capsys):
@@ -75,8 +79,9 @@ def test_train_table(capsys):
     lines = out.splitlines()
     assert lines[0] == "task paper-tanh  L=4 M=8 D=8  P=256  status completed"
     assert lines[1].startswith("bound terms: 1/L = 0.25, sqrt(D/(L M)) = 0.5, 1/sqrt(D) = 0.3536")
-    assert lines[2].split()[:2] == ["step", "loss"]
-    rows = [line.split() for line in lines[3:]]
+    assert lines[2].startswith("limits' own output error, relative to the targets (estimated): fixed-D ")
+    assert lines[3].split()[:2] == ["step", "loss"]
+    rows = [line.split() for line in lines[4:]]
     assert [row[0] for row in rows] == ["0", "1", "2", "3"]
     assert all(len(row) == 6 for row in rows)
     assert all(math.isfinite(float(value)) for row in rows for value in row)

@@ -295,6 +295,10 @@ def _print_train_table(result: dict) -> None:
           f"P={result['num_parameters']}  status {result['status']}")
     print(f"bound terms: 1/L = {bound['depth']:.4g}, sqrt(D/(L M)) = {bound['width']:.4g}, "
           f"1/sqrt(D) = {bound['embedding']:.4g}")
+    estimates = result.get("limit_error_estimate") or {}
+    if estimates:
+        parts = ", ".join(f"{kind} {summary['relative_error_estimate']:.1e}" for kind, summary in sorted(estimates.items()))
+        print(f"limits' own output error, relative to the targets (estimated): {parts}")
     print(f"{'step':>4} {'loss':>11} {'emb.err ODE':>12} {'emb.err lim':>12} {'out.err ODE':>12} {'out.err lim':>12}")
     for row in result["steps"]:
         print(f"{row['step']:>4} {_format(row['loss']):>11} {_format(row['embedding_error_mean_ode']):>12} "

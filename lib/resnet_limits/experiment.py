@@ -288,7 +288,7 @@ class Comparison:
                 self.diverged_at = record.step
                 yield Progress(STAGE_TRAINING, done, total)
                 return
-            row = _error_row(record, limit_h, limit_f, mean_ode_h, mean_ode_f)
+            row = error_row(record, limit_h, limit_f, mean_ode_h, mean_ode_f)
             self.rows.append(row)
             yield Progress(STAGE_TRAINING, done, total, row)
         self.completed = True
@@ -399,7 +399,7 @@ def limit_error_summary(estimate: LimitEstimate) -> dict:
     }
 
 
-def _error_row(record: StepRecord, limit_h, limit_f, mean_ode_h, mean_ode_f) -> dict:
+def error_row(record: StepRecord, limit_h, limit_f, mean_ode_h, mean_ode_f) -> dict:
     """Return the loss and the four errors of one training step; None where a limit diverged first."""
     k = record.step
     row = {"step": k, "loss": record.loss}

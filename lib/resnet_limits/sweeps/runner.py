@@ -33,7 +33,7 @@ import numpy as np
 
 from resnet_limits import limits
 from resnet_limits.config import DEFAULT_MEMORY_BUDGET_BYTES, RunConfig, check_memory, jax_dtype
-from resnet_limits.experiment import ERROR_COLUMNS, LimitCache, _error_row
+from resnet_limits.experiment import ERROR_COLUMNS, LimitCache, error_row
 from resnet_limits.limits.extrapolation import ToleranceNotReached, estimate_limit
 from resnet_limits.models import MLUResNet
 from resnet_limits.sweeps.grid import Configuration, Group, SweepSpec, TaskSettings
@@ -205,7 +205,7 @@ def _step_rows(
     rows = []
     for step in range(len(trajectory.loss_K)):
         record = StepRecord(step, float(trajectory.loss_K[step]), trajectory.f_KxDoutxN[step], trajectory.h_KxDxN[step])
-        rows.append(_error_row(record, limit_h, large.f_KxDoutxN, mean_ode_h, mean_ode.f_KxDoutxN))
+        rows.append(error_row(record, limit_h, large.f_KxDoutxN, mean_ode_h, mean_ode.f_KxDoutxN))
     seconds = training_seconds + time.perf_counter() - start
 
     status = STATUS_COMPLETED if trajectory.diverged_at is None else STATUS_DIVERGED
