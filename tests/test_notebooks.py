@@ -272,6 +272,10 @@ def test_worker_cancel_stops_within_a_second(worker_app):
 
 
 def test_worker_death_is_reported_and_next_run_restarts_it(worker_app):
+    worker_app.width.value = 1024  # 60 steps of this shape take several seconds
+    worker_app.dim.value = 512
+    worker_app.steps.value = 60
+
     async def kill_during_run():
         worker_app.start_run()
         while worker_app.progress.value == 0:  # the worker has reported its first event
@@ -285,6 +289,9 @@ def test_worker_death_is_reported_and_next_run_restarts_it(worker_app):
     assert "worker process ended" in worker_app.message.value
     assert "Traceback" not in worker_app.message.value
 
+    worker_app.width.value = 64
+    worker_app.dim.value = 64
+    worker_app.steps.value = STEPS
     outcome = asyncio.run(_run_to_end(worker_app))
     assert outcome.status == "completed", outcome
     assert worker_app.message.value == ""
