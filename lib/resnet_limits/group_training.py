@@ -84,7 +84,7 @@ class Units(NamedTuple):
 
 
 class Streams(NamedTuple):
-    """What the backward pass needs from the forward pass, per block l = 1..L."""
+    """Forward-pass arrays that the backward pass uses, per block l = 1..L."""
 
     h_LxNxD: jax.Array  # H_{l-1}, the input of block l
     p_LxNxM: jax.Array  # P_l
@@ -294,13 +294,14 @@ def _train_networks(keys, w_unembed_SxDxDout, h0_SxNxD, y_NxDout, loss_scale, st
     return jax.lax.map(one, (keys, w_unembed_SxDxDout, h0_SxNxD), batch_size=batch_size)
 
 
-# -- planning: fold period, memory, seeds per call -----------------------------------------------
+# -- planning: fold period, memory, seeds per map ------------------------------------------------
 
 
-# Costs per step in units of L D M element reads, fitted to timings of L = 50, M = D = 1000,
-# N = 10, float32, on 2 CPU cores (benchmarks/training_speed.py): the two passes read U and V
-# twice (4 units); the thin products cost THIN_COST R (D + M) / (D M) units with R factor rows;
-# a fold costs FOLD_COST units; the direct update costs DIRECT_UPDATE_COST units on top of the passes.
+# Estimated costs per step in units of L D M element reads. The two passes read U and V twice
+# (4 units). The thin products cost THIN_COST R (D + M) / (D M) units with R factor rows, a fold
+# FOLD_COST units, and the direct update DIRECT_UPDATE_COST units on top of the passes. The
+# constants come from timings of the passes, the thin products and a fold at L = 50,
+# M = D = 1000, N = 10, float32, on 2 shared CPU cores.
 THIN_COST = 5.7
 FOLD_COST = 7.0
 DIRECT_UPDATE_COST = 5.0
@@ -350,7 +351,7 @@ def estimate_group_bytes(L: int, M: int, D: int, N: int, K: int, d_out: int, dty
 
 @dataclasses.dataclass(frozen=True)
 class GroupPlan:
-    """How ``train_group`` splits its seeds and updates its weights."""
+    """The update path and seed grouping of one ``train_group`` call."""
 
     fold_period: int  # steps between folds of the factors; 1 is the direct update
     seeds_per_map: int  # seeds trained together in jax.vmap; groups of them run one after another
