@@ -175,7 +175,7 @@ def test_fold_periods_agree(monkeypatch):
     """The direct update (period 1) and factored periods with and without folds give one result."""
     config = RunConfig(task="paper-tanh", L=3, M=6, D=7, K=5, dtype="float64")
     direct = run_with_fold_period(config, SEEDS, 1, monkeypatch)
-    for fold_period in (2, 3, 5):
+    for fold_period in (2, 5):
         factored = run_with_fold_period(config, SEEDS, fold_period, monkeypatch)
         assert_same_trajectories(factored, direct, rtol=1e-12)
 

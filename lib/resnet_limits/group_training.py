@@ -307,9 +307,10 @@ FOLD_COST = 7.0
 DIRECT_UPDATE_COST = 5.0
 
 # Shapes with L D M up to this many weights per matrix train their seeds together in jax.vmap.
-# Above it, XLA's batched CPU matrix products ran slower than one seed after another
-# (L = 50, M = D = 200: 33 ms against 23 ms per step and seed).
-MAX_VMAP_WEIGHTS = 2**18
+# Timed per step and seed on 2 shared CPU cores, 3 to 5 seeds in jax.vmap against one after another:
+# 0.04 against 0.09 ms at L = 8, M = D = 16, about equal at L = 16, M = D = 64, and 6.7 against
+# 2.9 ms at L = 50, M = D = 100, because XLA's batched CPU matrix products are slower.
+MAX_VMAP_WEIGHTS = 2**16
 
 
 def choose_fold_period(L: int, M: int, D: int, N: int, K: int) -> int:
