@@ -446,14 +446,14 @@ def train_group(task: Task, config: RunConfig, seeds: Sequence[int], *,
 def _trajectory(loss_K, f_KxDoutxN, h_KxDxN, y_DoutxN, loss_scale) -> Trajectory:
     """Keep the steps before the first diverged one, as ``training.train`` does."""
     check_divergence = DivergenceCheck(y_DoutxN, loss_scale)
-    kept = len(loss_K)
+    num_kept = len(loss_K)
     for step in range(len(loss_K)):
         if check_divergence(step, float(loss_K[step]), h_KxDxN[step]):
-            kept = step
+            num_kept = step
             break
     return Trajectory(
-        loss_K=np.array([float(loss) for loss in loss_K[:kept]]),
-        f_KxDoutxN=np.ascontiguousarray(f_KxDoutxN[:kept]),
-        h_KxDxN=np.ascontiguousarray(h_KxDxN[:kept]),
-        diverged_at=kept if kept < len(loss_K) else None,
+        loss_K=np.array([float(loss) for loss in loss_K[:num_kept]]),
+        f_KxDoutxN=np.ascontiguousarray(f_KxDoutxN[:num_kept]),
+        h_KxDxN=np.ascontiguousarray(h_KxDxN[:num_kept]),
+        diverged_at=num_kept if num_kept < len(loss_K) else None,
     )
