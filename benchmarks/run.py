@@ -1,5 +1,8 @@
 """Time the explorer's work: limit simulation, training steps and whole comparisons.
 
+The last sections come from training_speed.py: gradient steps against the memory-traffic floor,
+and train_group against a plain NumPy trainer.
+
     make bench            # or: .venv/bin/python benchmarks/run.py [--out FILE]
 
 Prints one JSON object per measurement and writes them all to benchmarks/out/results.json.
@@ -26,6 +29,10 @@ from resnet_limits.limits.extrapolation import estimate_limit
 from resnet_limits.models import MLUResNet
 from resnet_limits.tasks import coupled_embeddings, paper_linear, paper_tanh
 from resnet_limits.training import train, training_steps
+from training_speed import bench_numpy_comparison, bench_traffic_floor
+
+# Shapes of the train_group against NumPy comparison, 3 seeds each.
+NUMPY_COMPARISON_SHAPES = ((16, 64, 64), (50, 100, 100), (50, 400, 400), (50, 1000, 1000))
 
 
 def _timed(function):
@@ -148,6 +155,9 @@ def main() -> None:
     bench_comparisons(results)
     bench_limits(results)
     bench_training_step(results)
+    bench_traffic_floor(results)
+    for shape in NUMPY_COMPARISON_SHAPES:
+        bench_numpy_comparison(results, shape)
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
                "devices": [str(d) for d in jax.devices()]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

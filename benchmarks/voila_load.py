@@ -26,8 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 import psutil
 
@@ -55,19 +53,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for_http(url: str, process: subprocess.Popen, seconds: float = 60) -> None:
+def _wait_for_port(port: int, process: subprocess.Popen, seconds: float = 60) -> None:
+    """Wait until the server accepts connections; an HTTP request to the page would start a kernel."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"voila exited with status {process.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=5):
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
                 return
-        except urllib.error.HTTPError:
-            return
         except OSError:
             time.sleep(0.5)
-    raise RuntimeError(f"voila did not answer at {url} within {seconds} s")
+    raise RuntimeError(f"voila did not listen on port {port} within {seconds} s")
 
 
 def _environment(folder: pathlib.Path) -> dict:
@@ -166,7 +163,7 @@ def run_load(sessions: int = 5, notebook: str = "notebooks/explorer.ipynb", time
             start_new_session=True,
         )
         try:
-            _wait_for_http(url, server)
+            _wait_for_port(port, server)
             pages = asyncio.run(_sessions(url, sessions, int(timeout_s * 1000)))
             kernels, workers = _app_processes(server)
             kernel_mib, worker_mib = _rss_mib(kernels), _rss_mib(workers)

@@ -12,6 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import jax
+
+from resnet_limits import group_training, limits, metrics
 from resnet_limits.config import ConfigError, LimitSettings, MemoryBudgetError
 from resnet_limits.experiment import Comparison, LimitCache
 from resnet_limits.sweeps import (
@@ -26,7 +29,9 @@ from resnet_limits.sweeps import (
 )
 from resnet_limits.sweeps.grid import Configuration
 from resnet_limits.sweeps.store import COLUMNS
-from resnet_limits.training import Trajectory
+from resnet_limits.models import MLUResNet
+from resnet_limits.tasks import coupled_embeddings, get_task
+from resnet_limits.training import Trajectory, train
 
 # Tiny limits: these tests check bookkeeping, not accuracy. D >= 10 = r keeps the fixed-D Mean ODE
 # at one compiled shape.
@@ -168,15 +173,27 @@ def test_sweep_rows_and_columns(reference):
 def test_sweep_matches_comparison(reference):
     """The sweep's default trainer builds and trains the network that Comparison does."""
     frame, _ = reference
-    comparison = Comparison(
-        TaskSettings(K=2).run_config(2, 4, 16, 1), LimitSettings(4, 64), cache=LimitCache()
-    ).run()
+    config = TaskSettings(K=2).run_config(2, 4, 16, 1)
+    comparison = Comparison(config, LimitSettings(4, 96), cache=LimitCache()).run()
     rows = frame[(frame["M"] == 4) & (frame["D"] == 16) & (frame["seed"] == 1)].sort_values("step")
-    np.testing.assert_array_equal(rows["loss"].to_numpy(), [row["loss"] for row in comparison.rows])
-    # Both compare with the same fixed-D Mean ODE (LimitSettings(4, 64)).
-    np.testing.assert_array_equal(
-        rows["embedding_error_mean_ode"].to_numpy(), [row["embedding_error_mean_ode"] for row in comparison.rows]
+    # The sweep's default trainer equals Comparison's training up to float32 rounding.
+    np.testing.assert_allclose(rows["loss"].to_numpy(), [row["loss"] for row in comparison.rows], rtol=1e-5)
+
+    # The sweep's fixed-D reference is one simulation of the Mean ODE (LimitSettings(4, 64)).
+    task = get_task(config.task)
+    key_embed, key_units = jax.random.split(jax.random.key(1))
+    w_embed, w_unembed = coupled_embeddings(key_embed, task, 16)
+    problem, basis_DxK = limits.fixed_dim_problem(w_embed, w_unembed)
+    mean_ode = limits.simulate_limit(
+        problem, task, LimitSettings(4, 64), steps=2, learning_rate=1.0, alpha=1.0, activation="tanh", dtype="float32"
     )
+    network = train(
+        MLUResNet(w_embed, w_unembed, depth=2, width=4, key=key_units),
+        task.x_DinxN, task.y_DoutxN, steps=2, learning_rate=1.0, loss_scale=task.loss_scale,
+    )
+    mean_ode_h = limits.to_stream(mean_ode.h_KxDxN, basis_DxK)
+    expected = [metrics.embedding_error(network.h_KxDxN[k], mean_ode_h[k]) for k in range(3)]
+    np.testing.assert_allclose(rows["embedding_error_mean_ode"].to_numpy(), expected, rtol=1e-4)
 
 
 def test_resume_after_injected_stop(reference, tmp_path):
@@ -187,7 +204,7 @@ def test_resume_after_injected_stop(reference, tmp_path):
         if len(trained_seeds) == 2 * len(SEEDS):
             raise KeyboardInterrupt  # not an Exception, so it stops the sweep as Ctrl-C would
         trained_seeds.extend(seeds)
-        return train_group(task, config, seeds)
+        return group_training.train_group(task, config, seeds)
 
     with pytest.raises(KeyboardInterrupt):
         run_sweep(small_spec(), tmp_path, trainer=stopping_trainer)
@@ -195,7 +212,7 @@ def test_resume_after_injected_stop(reference, tmp_path):
 
     def counting_trainer(task, config, seeds):
         trained_seeds.extend(seeds)
-        return train_group(task, config, seeds)
+        return group_training.train_group(task, config, seeds)
 
     trained_seeds.clear()
     summary = run_sweep(small_spec(), tmp_path, trainer=counting_trainer)
@@ -245,7 +262,7 @@ def test_failed_group_recorded(tmp_path):
     def failing_trainer(task, config, seeds):
         if config.M == 4:
             raise FloatingPointError("injected failure")
-        return train_group(task, config, seeds)
+        return group_training.train_group(task, config, seeds)
 
     summary = run_sweep(small_spec(widths=(2, 4), dims=(12,)), tmp_path, trainer=failing_trainer)
     assert summary.failed == len(SEEDS)
@@ -260,7 +277,7 @@ def test_failed_group_recorded(tmp_path):
 
 def test_diverged_run_recorded(tmp_path):
     def diverging_trainer(task, config, seeds):
-        trajectories = train_group(task, config, seeds)
+        trajectories = group_training.train_group(task, config, seeds)
         first = trajectories[0]
         # Keep steps 0 and 1, as training does when step 2 diverges.
         trajectories[0] = Trajectory(first.loss_K[:2], first.f_KxDoutxN[:2], first.h_KxDxN[:2], diverged_at=2)

@@ -76,6 +76,25 @@ def mean_squared_loss(f_DoutxN: jax.Array, y_DoutxN: jax.Array, loss_scale: floa
     return loss_scale / (2 * num_samples) * jnp.sum((f_DoutxN - y_DoutxN) ** 2)
 
 
+class DivergenceCheck:
+    """The divergence rule of ``StepRecord``, applied to steps 0, 1, 2, ... in order.
+
+    The loss of the zero output is computed in the dtype of ``y_DoutxN``, as training computes
+    its losses.
+    """
+
+    def __init__(self, y_DoutxN: jax.Array, loss_scale: jax.Array | float):
+        zero_output_loss = float(mean_squared_loss(jnp.zeros_like(y_DoutxN), y_DoutxN, loss_scale))
+        self.level = DIVERGENCE_FACTOR * max(zero_output_loss, np.finfo(np.float32).tiny)
+
+    def __call__(self, step: int, loss: float, h_DxN: np.ndarray) -> bool:
+        """Return True when the step with this loss and last stream H_L has diverged."""
+        diverged = not (np.isfinite(loss) and np.all(np.isfinite(h_DxN))) or loss > self.level
+        if step == 0 and not diverged:
+            self.level = max(self.level, DIVERGENCE_FACTOR * loss)
+        return diverged
+
+
 @jax.jit(static_argnums=0)
 def _gradient_step(graphdef, params, frozen, x_DinxN, y_DoutxN, loss_scale, raw_learning_rate):
     """Return the loss, f and H_L at ``params`` and the parameters after one gradient step."""
@@ -111,17 +130,14 @@ def training_steps(
     raw_learning_rate = jnp.asarray(learning_rate * model.learning_rate_multiplier(), dtype)
     loss_scale = jnp.asarray(loss_scale, dtype)
 
-    zero_output_loss = float(mean_squared_loss(jnp.zeros_like(y_DoutxN), y_DoutxN, loss_scale))
-    divergence_level = DIVERGENCE_FACTOR * max(zero_output_loss, np.finfo(np.float32).tiny)
+    check_divergence = DivergenceCheck(y_DoutxN, loss_scale)
     for step in range(steps + 1):
         new_params, loss, f_DoutxN, h_DxN = _gradient_step(
             graphdef, params, frozen, x_DinxN, y_DoutxN, loss_scale, raw_learning_rate
         )
         loss = float(loss)
         h_DxN = np.asarray(h_DxN)
-        diverged = not (np.isfinite(loss) and np.all(np.isfinite(h_DxN))) or loss > divergence_level
-        if step == 0 and not diverged:
-            divergence_level = max(divergence_level, DIVERGENCE_FACTOR * loss)
+        diverged = check_divergence(step, loss, h_DxN)
         record = StepRecord(step, loss, np.asarray(f_DoutxN), h_DxN, diverged)
         yield record
         if diverged or step == steps:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -40,6 +41,21 @@ def activation_function(name: str) -> Callable[[jax.Array], jax.Array]:
     except KeyError:
         known = ", ".join(sorted(_ACTIVATIONS))
         raise ValueError(f"unknown activation {name!r}; choose one of: {known}") from None
+
+
+def initial_units(
+    key: jax.Array, depth: int, dim: int, width: int, metric: float, dtype=jnp.float32
+) -> tuple[jax.Array, jax.Array]:
+    """Draw the unit weights U and V (L x D x M each) with i.i.d. N(0, 1 / metric) entries.
+
+    Draws are in float32 so that float32 and float64 models of one seed share their units. The
+    standard deviation is a NumPy constant, so the draws are the same inside and outside ``jax.jit``.
+    """
+    key_u, key_v = jax.random.split(key)
+    std = np.sqrt(np.asarray(1.0 / metric, dtype))
+    u_LxDxM = std * jax.random.normal(key_u, (depth, dim, width), jnp.float32).astype(dtype)
+    v_LxDxM = std * jax.random.normal(key_v, (depth, dim, width), jnp.float32).astype(dtype)
+    return u_LxDxM, v_LxDxM
 
 
 class Embedding(nnx.Variable):
@@ -135,11 +151,7 @@ class MLUResNet(nnx.Module):
         if units is None:
             if key is None:
                 raise ValueError("MLUResNet needs either key or units; pass key=jax.random.key(seed)")
-            key_u, key_v = jax.random.split(key)
-            # Draws are in float32 so that float32 and float64 models of one seed share their units.
-            std = jnp.asarray(1.0 / self.metric, dtype) ** 0.5
-            u_LxDxM = std * jax.random.normal(key_u, (depth, dim, width), jnp.float32).astype(dtype)
-            v_LxDxM = std * jax.random.normal(key_v, (depth, dim, width), jnp.float32).astype(dtype)
+            u_LxDxM, v_LxDxM = initial_units(key, depth, dim, width, self.metric, dtype)
         else:
             u_LxDxM, v_LxDxM = units
             expected = (depth, dim, width)

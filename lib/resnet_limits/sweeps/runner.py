@@ -24,6 +24,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from resnet_limits import limits
+from resnet_limits import group_training, limits
 from resnet_limits.config import DEFAULT_MEMORY_BUDGET_BYTES, RunConfig, check_memory, jax_dtype
 from resnet_limits.experiment import ERROR_COLUMNS, LimitCache, error_row
 from resnet_limits.limits.extrapolation import ToleranceNotReached, estimate_limit
@@ -85,8 +86,10 @@ def train_group(task: Task, config: RunConfig, seeds: Sequence[int]) -> list[Tra
     return trajectories
 
 
-# The trainer that ``run_sweep`` uses unless given another one.
-DEFAULT_TRAINER: GroupTrainer = train_group
+# The trainer that ``run_sweep`` uses unless given another one: all K steps of every seed in one
+# compiled call, with factored weight updates (``resnet_limits.group_training``). It equals
+# ``train_group`` below up to rounding and is several times faster on large shapes.
+DEFAULT_TRAINER = group_training.train_group
 
 # Fixed-D Mean ODE trajectories of this process, keyed by task settings, D, seed and LimitSettings.
 _MEAN_ODE_CACHE = LimitCache(max_entries=256)
@@ -332,7 +335,8 @@ def run_sweep(
     when ``out`` contains a sweep that ``spec`` does not cover, and MemoryBudgetError, before any
     work, when a shape's memory estimate is over ``memory_budget_bytes``.
     """
-    trainer = DEFAULT_TRAINER if trainer is None else trainer
+    if trainer is None:
+        trainer = functools.partial(DEFAULT_TRAINER, memory_budget_bytes=memory_budget_bytes)
     store = ResultStore(out)
     spec = store.open(spec)
     finished = store.finished_ids()
