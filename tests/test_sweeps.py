@@ -25,7 +25,6 @@ from resnet_limits.sweeps import (
     log_integers,
     parse_axis,
     run_sweep,
-    train_group,
 )
 from resnet_limits.sweeps.grid import Configuration
 from resnet_limits.sweeps.store import COLUMNS
