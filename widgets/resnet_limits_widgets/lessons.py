@@ -21,11 +21,12 @@ import pandas as pd
 from resnet_limits import bounds, lessons
 from resnet_limits import parametrization as pz
 from resnet_limits.compilation_cache import enable_compilation_cache
-from resnet_limits.config import ConfigError
+from resnet_limits.config import ConfigError, estimate_training_bytes
 from resnet_limits.sweeps import fits, paths
+from resnet_limits.tasks import get_task
 
 from resnet_limits_widgets import coordinate_charts
-from resnet_limits_widgets.explorer import MESSAGE_STYLES
+from resnet_limits_widgets.explorer import APP_MEMORY_BUDGET_BYTES, MESSAGE_STYLES
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -44,6 +45,17 @@ def parse_integers(text: str, name: str) -> list[int]:
     if not values or min(values) < 1:
         raise ConfigError(f"{name} must contain at least one integer of 1 or more; got {text!r}")
     return sorted(set(values))
+
+
+def check_shapes_fit(shapes, steps: int, num_samples: int = 10) -> None:
+    """Raise ConfigError when training any shape (L, M, D) is estimated above the apps' memory budget."""
+    for L, M, D in shapes:
+        estimate = estimate_training_bytes(L, M, D, num_samples, steps, "float32")
+        if estimate > APP_MEMORY_BUDGET_BYTES:
+            raise ConfigError(
+                f"shape L={L}, M={M}, D={D} needs about {estimate / 2**30:.2f} GiB, over the budget of "
+                f"{APP_MEMORY_BUDGET_BYTES / 2**30:.2f} GiB; reduce L, M or D"
+            )
 
 
 def _empty_chart(text: str) -> alt.Chart:
@@ -162,7 +174,7 @@ def rule_table_panel() -> widgets.HTML:
 
 
 def training_panel(run_at_start: bool = True) -> LessonPanel:
-    """A panel that trains one MLU network and plots its loss per step."""
+    """Build a panel that trains one network under a chosen rule and plots its loss per step."""
     depth = _int("L (depth)", 16, 1, 256)
     width = _int("M (width)", 64, 1, 1024)
     dim = _int("D (embedding dim.)", 64, 1, 1024)
@@ -171,9 +183,8 @@ def training_panel(run_at_start: bool = True) -> LessonPanel:
                             style=DESCRIPTION_STYLE)
 
     def compute():
-        from resnet_limits.tasks import get_task
-
         task = get_task("paper-tanh")
+        check_shapes_fit([(depth.value, width.value, dim.value)], steps.value, task.num_samples)
         trajectory = pz.train_under_rule(pz.get_rule(rule.value), task, depth.value, width.value, dim.value,
                                          steps=steps.value, learning_rate=task.learning_rate)
         return trajectory
@@ -200,7 +211,7 @@ COORDINATE_TITLES = {
 
 
 def coordinate_check_panel(run_at_start: bool = True) -> LessonPanel:
-    """A panel that runs ``parametrization.coordinate_check`` for two rules and plots sizes against n."""
+    """Build a panel that runs ``parametrization.coordinate_check`` for MLU and the standard rule."""
     scales = _text("n (L = M = D = n)", "8, 16, 32, 64, 128")
     steps = _int("K (gradient steps)", 3, 1, 10)
     column = widgets.Dropdown(description="quantity", options=[(title, name) for name, title in COORDINATE_TITLES.items()],
@@ -211,6 +222,7 @@ def coordinate_check_panel(run_at_start: bool = True) -> LessonPanel:
         sizes = pz.scaled_sizes(parse_integers(scales.value, "n"))
         if len(sizes) < 2:
             raise ConfigError("give at least two sizes n to fit a slope")
+        check_shapes_fit(sizes, steps.value)
         return {name: pz.coordinate_check(name, sizes, steps=steps.value) for name in ("mlu", "standard")}
 
     def render(result):
@@ -252,7 +264,7 @@ def _coordinate_view(records: dict[str, list[dict]], column: str, steps: int):
 
 
 def depth_width_panel(run_at_start: bool = True) -> LessonPanel:
-    """A panel that sweeps L and M at fixed D and plots the error against the Mean ODE against L M."""
+    """Build a panel that sweeps L and M at fixed D and plots the error against the Mean ODE against L M."""
     depths = _text("L values", "2, 8, 32")
     widths = _text("M values", "4, 16")
     dim = _int("D (fixed)", 16, 1, 1024)
@@ -282,7 +294,7 @@ def depth_width_panel(run_at_start: bool = True) -> LessonPanel:
 
     panel = LessonPanel("Depth begets width: L and M at fixed D", [depths, widths, dim], compute, render,
                         run_at_start=run_at_start)
-    panel.directory = directory  # removed with the panel
+    panel.directory = directory  # the store is deleted when the panel is garbage-collected
     return panel
 
 
@@ -290,12 +302,13 @@ def depth_width_panel(run_at_start: bool = True) -> LessonPanel:
 
 
 def span_panel(run_at_start: bool = True) -> LessonPanel:
-    """A panel that measures the part of the trained streams outside span(E)."""
+    """Build a panel that measures the part of trained streams outside span(E)."""
     sizes = _text("n (L = M = n)", "4, 16, 32")
     dim = _int("D", 64, 1, 1024)
 
     def compute():
         shapes = [(n, n, dim.value) for n in parse_integers(sizes.value, "n")]
+        check_shapes_fit(shapes, 5)
         return lessons.span_reduction(shapes)
 
     def render(frame):
@@ -308,7 +321,7 @@ def span_panel(run_at_start: bool = True) -> LessonPanel:
 
 
 def limit_gap_panel(run_at_start: bool = True) -> LessonPanel:
-    """A panel that plots the gap between the fixed-D Mean ODE and the large-D limit against D."""
+    """Build a panel that plots the gap between the fixed-D Mean ODE and the large-D limit against D."""
     dims = _text("D values", "4, 16, 64, 256, 1024")
 
     def compute():
@@ -326,13 +339,14 @@ def limit_gap_panel(run_at_start: bool = True) -> LessonPanel:
 
 
 def gaussian_panel(run_at_start: bool = True) -> LessonPanel:
-    """A panel of histograms of the coordinates h^d(1) for growing D against the limit's Gaussian law."""
+    """Build a panel of histograms of the coordinates h^d(1) for growing D against the limit's Gaussian law."""
     dims = _text("D values", "8, 64, 512")
 
     def compute():
         values = parse_integers(dims.value, "D values")
         if len(values) > 4:
             raise ConfigError("choose at most 4 values of D, one histogram each")
+        check_shapes_fit([(16, 64, D) for D in values], 5)
         return values, lessons.gaussian_coordinates(values)
 
     def render(computed):
@@ -349,7 +363,7 @@ def gaussian_panel(run_at_start: bool = True) -> LessonPanel:
 
 
 def budget_panel(run_at_start: bool = True) -> LessonPanel:
-    """A panel of the bound's three terms along the optimal shapes of growing budgets."""
+    """Build a panel of the bound's three terms along the optimal shapes of growing budgets."""
     law = widgets.Dropdown(description="error law", options=[("embedding", "embedding"), ("output", "output")],
                            value="embedding", style=DESCRIPTION_STYLE)
 
@@ -373,7 +387,7 @@ def budget_panel(run_at_start: bool = True) -> LessonPanel:
 
 
 def shape_sweep_panel(run_at_start: bool = True) -> LessonPanel:
-    """A panel that sweeps M and D at fixed L, fits the error law and plots measured against predicted."""
+    """Build a panel that sweeps M and D at fixed L, fits the error law and plots the error against D."""
     depth = _int("L (fixed)", 8, 1, 256)
     widths = _text("M values", "4, 32")
     dims = _text("D values", "4, 16, 64")
