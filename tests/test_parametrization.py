@@ -169,6 +169,7 @@ def checks():
     return {name: pz.coordinate_check(name, sizes, steps=CHECK_STEPS) for name in ("mlu", "standard")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("column,step", [("stream_rms", 0), ("stream_rms", CHECK_STEPS), ("stream_update_rms", CHECK_STEPS)])
 def test_mlu_coordinates_stay_in_band(checks, column, step):
     records = checks["mlu"]
@@ -180,6 +181,7 @@ def test_mlu_coordinates_stay_in_band(checks, column, step):
     assert max(values) / min(values) <= RATIO_BAND, values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("column,step", [("stream_rms", 0), ("stream_rms", CHECK_STEPS), ("stream_update_rms", CHECK_STEPS)])
 def test_standard_coordinates_leave_band(checks, column, step):
     slope = pz.coordinate_slope(checks["standard"], column, step=step)
