@@ -123,3 +123,31 @@ def test_training_panel_rejects_shape_over_budget():
 
     assert panel.run() is None
     assert "over the budget of 1.00 GiB; reduce L, M or D" in panel.message.value
+
+
+def test_coordinate_panel_redraws_without_training():
+    panel = panels.coordinate_check_panel(run_at_start=False)
+    scales, steps, column = panel.widget.children[1:4]
+    scales.value = "4, 8"
+    steps.value = 1
+
+    result = panel.run()
+    column.value = "stream_rms"
+
+    assert set(result) == {"mlu", "standard"}
+    assert panel.result is result
+    assert "at step 0" in str(panel.chart.chart.to_dict()["title"])
+    assert "fitted slope in log n" in panel.details.value
+
+
+def test_training_panel_standard_rule():
+    panel = panels.training_panel(run_at_start=False)
+    rule, depth, width, dim, steps = panel.widget.children[1:6]
+    rule.value = "standard"
+    depth.value, width.value, dim.value, steps.value = 4, 8, 8, 2
+
+    trajectory = panel.run()
+
+    assert trajectory is not None
+    assert len(trajectory.loss_K) == 3
+    assert panel.message.value == ""
