@@ -13,9 +13,9 @@ rule, so two rules differ only in the seven scalings. ``RULES`` is the table of 
 
 * ``mlu``: the maximal local feature update model of ``resnet_limits.models`` (Chizat, arXiv
   2509.10167): m_in = m_out = 1/D, var = D, m_res = alpha / (L M), lr = L M D / alpha^2.
-* ``standard``: fan-in initialisation with no multipliers, as common deep-learning libraries
-  initialise a linear layer: var_U = 1/D, var_V = 1/M, m_res = 1, m_out = 1/sqrt(D), and one
-  learning rate for every size.
+* ``standard``: fan-in initialisation with no multipliers: var_U = 1/D, var_V = 1/M, m_res = 1,
+  m_out = 1/sqrt(D), and one learning rate for every size. Variance 1/fan-in is that of LeCun
+  normal, the default kernel initialiser of ``nnx.Linear`` in flax 0.12.8.
 
 A rule that has the exact MLU form builds an ``MLUResNet`` and trains with ``training.train``
 (``Parametrization.mlu_alpha``). Every rule also runs through ``general_training``, a plain JAX
