@@ -151,3 +151,30 @@ def test_training_panel_standard_rule():
     assert trajectory is not None
     assert len(trajectory.loss_K) == 3
     assert panel.message.value == ""
+
+
+def test_depth_width_panel_switches_axis():
+    panel = panels.depth_width_panel(run_at_start=False)
+    depths, widths, dim, axis = panel.widget.children[1:5]
+    depths.value, widths.value, dim.value = "2, 8", "4", 8
+
+    assert panel.run() is not None
+    axis.value = "M"
+
+    spec = panel.chart.chart.to_dict()
+    assert spec["layer"][0]["encoding"]["x"]["field"] == "M"
+    assert "one line per L" in str(spec["title"])
+    assert "Slope of the error against L M" in panel.details.value
+
+
+def test_slope_table_keeps_present_columns():
+    import pandas as pd
+
+    slopes = pd.DataFrame([{"axis": "L", "M": 4, "D": 8, "slope": -0.4, "ci_low": None, "ci_high": None}])
+
+    text = panels._slope_table(slopes, "Slopes:")
+    empty = panels._slope_table(pd.DataFrame(), "Slopes:")
+
+    assert "<th>axis</th>" in text
+    assert "<th>L</th>" not in text
+    assert "no axis has two sizes" in empty

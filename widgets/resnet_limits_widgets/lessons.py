@@ -74,6 +74,18 @@ def _slope_text(slope: fits.Slope) -> str:
     return f"{slope.slope:.3f} (95 % interval {slope.ci_low:.3f} to {slope.ci_high:.3f})"
 
 
+def _slope_table(slopes: pd.DataFrame, caption: str) -> str:
+    """Return the columns of ``fits.axis_slopes`` that a notebook shows, as HTML, or a note when it is empty.
+
+    ``axis_slopes`` has a column for an axis only when some row holds that axis fixed, so
+    missing columns are left out.
+    """
+    if slopes.empty:
+        return f"<p>{html.escape(caption)} none: no axis has two sizes at fixed other axes.</p>"
+    columns = [name for name in ("axis", "L", "M", "D", "slope", "ci_low", "ci_high") if name in slopes.columns]
+    return _table_html(slopes[columns], caption)
+
+
 def loglog_chart(frame: pd.DataFrame, x: str, y: str, color: str | None, title: str,
                  x_title: str, y_title: str, reference: str | None = None) -> alt.LayerChart:
     """Return points joined by lines on log-log axes, with an optional dashed reference column."""
@@ -264,11 +276,17 @@ def _coordinate_view(records: dict[str, list[dict]], column: str, steps: int):
 
 
 def depth_width_panel(run_at_start: bool = True) -> LessonPanel:
-    """Build a panel that sweeps L and M at fixed D and plots the error against the Mean ODE against L M."""
+    """Build a panel that sweeps L and M at fixed D and plots the error against the Mean ODE.
+
+    The horizontal axis is L M, L or M (a dropdown that redraws without training again).
+    """
     depths = _text("L values", "2, 8, 32")
     widths = _text("M values", "4, 16")
     dim = _int("D (fixed)", 16, 1, 1024)
+    axis = widgets.Dropdown(description="horizontal axis", options=[("L M", "LM"), ("L", "L"), ("M", "M")],
+                            value="LM", style=DESCRIPTION_STYLE)
     directory = tempfile.TemporaryDirectory(prefix="resnet-limits-lesson-")
+    computed_runs = []
 
     def compute():
         grid = (parse_integers(depths.value, "L values"), parse_integers(widths.value, "M values"), [dim.value])
@@ -278,24 +296,36 @@ def depth_width_panel(run_at_start: bool = True) -> LessonPanel:
         return result, frame, slope
 
     def render(computed):
-        result, frame, slope = computed
-        shown = frame[["L", "M", "D", "LM", result.column]].copy()
-        shown["L"] = shown["L"].astype(str)
-        chart = loglog_chart(shown, "LM", result.column, "L", "Error against the fixed-D Mean ODE, by L",
-                             "L M", "embedding error at step K")
-        slopes = result.slopes[["axis", "L", "M", "slope", "ci_low", "ci_high"]]
-        details = (
-            f"<p>Slope of the error against L M: <b>{_slope_text(slope)}</b>. "
-            "The bound's width term sqrt(D/(L M)) has slope -1/2.</p>"
-            + _table_html(slopes, "Slopes against L (at fixed M) and against M (at fixed L):")
-            + _table_html(shown)
-        )
-        return chart, details
+        computed_runs[:] = [computed]
+        return _depth_width_view(*computed, axis.value)
 
-    panel = LessonPanel("Depth begets width: L and M at fixed D", [depths, widths, dim], compute, render,
+    panel = LessonPanel("Depth begets width: L and M at fixed D", [depths, widths, dim, axis], compute, render,
                         run_at_start=run_at_start)
     panel.directory = directory  # the store is deleted when the panel is garbage-collected
+
+    def redraw(_):
+        if computed_runs:
+            panel.chart.chart, panel.details.value = _depth_width_view(*computed_runs[0], axis.value)
+
+    axis.observe(redraw, names="value")
     return panel
+
+
+def _depth_width_view(result, frame, slope, axis: str):
+    shown = frame[["L", "M", "D", "LM", result.column]].copy()
+    color = "M" if axis == "L" else "L"
+    shown[f"{color} "] = shown[color].astype(str)  # a nominal copy for the colour legend
+    titles = {"LM": "L M", "L": "L (depth)", "M": "M (width)"}
+    chart = loglog_chart(shown, axis, result.column, f"{color} ",
+                         f"Error against the fixed-D Mean ODE, one line per {color}",
+                         titles[axis], "embedding error at step K")
+    details = (
+        f"<p>Slope of the error against L M: <b>{_slope_text(slope)}</b>. "
+        "The bound's width term sqrt(D/(L M)) has slope -1/2 against L M, against L and against M.</p>"
+        + _slope_table(result.slopes, "Slopes against L (at fixed M) and against M (at fixed L):")
+        + _table_html(shown.drop(columns=[f"{color} "]))
+    )
+    return chart, details
 
 
 # -- part 3: the large-embedding limit ------------------------------------------------------------
@@ -408,7 +438,7 @@ def shape_sweep_panel(run_at_start: bool = True) -> LessonPanel:
                              "D", "embedding error at step K")
         constants = pd.DataFrame(law_fit.to_dict()["constants"])
         details = (_table_html(constants, "Fitted error^2 = a^2 D/(L M) + b^2/D:")
-                   + _table_html(result.slopes[["axis", "L", "M", "D", "slope"]], "Slopes per axis:")
+                   + _slope_table(result.slopes, "Slopes per axis:")
                    + _table_html(frame))
         return chart, details
 
