@@ -126,6 +126,9 @@ class LessonPanel:
         self.message = widgets.HTML("")
         self.chart = alt.JupyterChart(_empty_chart("Press Run."))
         self.details = widgets.HTML("")
+        for widget, name in ((self.status, "lesson-status"), (self.message, "lesson-message"),
+                             (self.chart, "lesson-chart")):
+            widget.add_class(name)  # selectors for browser tests
         header = widgets.HTML(f"<b>{html.escape(title)}</b>")
         self.widget = widgets.VBox([header, *controls, self.run_button, self.status, self.message,
                                     self.chart, self.details])
