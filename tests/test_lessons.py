@@ -9,6 +9,7 @@ from resnet_limits.config import ConfigError
 from resnet_limits_widgets import lessons as panels
 
 
+@pytest.mark.slow
 def test_small_sweep_depth_width_table(tmp_path):
     result = lessons.small_sweep([2, 8], [4], [8], [0], tmp_path / "sweep")
     frame, slope = lessons.depth_width_table(result)
@@ -153,6 +154,7 @@ def test_training_panel_standard_rule():
     assert panel.message.value == ""
 
 
+@pytest.mark.slow
 def test_depth_width_panel_switches_axis():
     panel = panels.depth_width_panel(run_at_start=False)
     depths, widths, dim, axis = panel.widget.children[1:5]
