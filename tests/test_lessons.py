@@ -6,6 +6,7 @@ import pytest
 
 from resnet_limits import bounds, lessons
 from resnet_limits.config import ConfigError
+from resnet_limits_widgets import lesson_panel
 from resnet_limits_widgets import lessons as panels
 
 
@@ -81,11 +82,11 @@ def test_path_rates_match_paths_module():
 
 
 def test_parse_integers():
-    assert panels.parse_integers(" 16, 4,4 ", "D values") == [4, 16]
+    assert lesson_panel.parse_integers(" 16, 4,4 ", "D values") == [4, 16]
     with pytest.raises(ConfigError, match="D values must be integers separated by commas"):
-        panels.parse_integers("4, x", "D values")
+        lesson_panel.parse_integers("4, x", "D values")
     with pytest.raises(ConfigError, match="at least one integer of 1 or more"):
-        panels.parse_integers("0", "D values")
+        lesson_panel.parse_integers("0", "D values")
 
 
 def test_panel_shows_invalid_setting_as_message():
@@ -102,7 +103,7 @@ def test_panel_shows_failure_as_message():
     def compute():
         raise RuntimeError("simulated failure")
 
-    panel = panels.LessonPanel("test", [], compute, lambda result: (None, ""), run_at_start=False)
+    panel = lesson_panel.LessonPanel("test", [], compute, lambda result: (None, ""), run_at_start=False)
 
     assert panel.run() is None
     assert "The computation failed: RuntimeError: simulated failure" in panel.message.value
@@ -174,8 +175,8 @@ def test_slope_table_keeps_present_columns():
 
     slopes = pd.DataFrame([{"axis": "L", "M": 4, "D": 8, "slope": -0.4, "ci_low": None, "ci_high": None}])
 
-    text = panels._slope_table(slopes, "Slopes:")
-    empty = panels._slope_table(pd.DataFrame(), "Slopes:")
+    text = lesson_panel.slope_table(slopes, "Slopes:")
+    empty = lesson_panel.slope_table(pd.DataFrame(), "Slopes:")
 
     assert "<th>axis</th>" in text
     assert "<th>L</th>" not in text
