@@ -73,7 +73,7 @@ def slope_text(slope: fits.Slope) -> str:
 def slope_table(slopes: pd.DataFrame, caption: str) -> str:
     """Return the columns of ``fits.axis_slopes`` that a notebook shows, as HTML, or a note when it is empty.
 
-    ``axis_slopes`` has a column for an axis only when some row holds that axis fixed, so
+    ``axis_slopes`` has a column for an axis only when some row keeps that axis fixed, so
     missing columns are left out.
     """
     if slopes.empty:
@@ -113,6 +113,7 @@ class LessonPanel:
     def __init__(self, title: str, controls: list[widgets.Widget], compute: Callable[[], object],
                  render: Callable[[object], tuple[alt.TopLevelMixin | None, str]], *, run_at_start: bool = True):
         alt.JupyterChart.enable_offline()
+        self.title = title
         self.compute_result = compute
         self.render_result = render
         self.result = None
@@ -152,7 +153,7 @@ class LessonPanel:
             self.status.value = "Not run: invalid settings."
             return None
         except Exception as error:  # noqa: BLE001 - the page shows the failure instead of a traceback
-            logger.exception("lesson panel computation failed")
+            logger.exception("lesson panel %r: computation failed", self.title)
             self._show_message(f"The computation failed: {type(error).__name__}: {error}")
             self.status.value = "Failed."
             return None
