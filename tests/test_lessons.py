@@ -1,0 +1,183 @@
+"""Lesson computations behind the notebooks, and the panels that draw them."""
+
+import math
+
+import pytest
+
+from resnet_limits import bounds, lessons
+from resnet_limits.config import ConfigError
+from resnet_limits_widgets import lesson_panel
+from resnet_limits_widgets import lessons as panels
+
+
+@pytest.mark.slow
+def test_small_sweep_depth_width_table(tmp_path):
+    result = lessons.small_sweep([2, 8], [4], [8], [0], tmp_path / "sweep")
+    frame, slope = lessons.depth_width_table(result)
+
+    assert list(zip(frame["L"], frame["M"], frame["D"])) == [(2, 4, 8), (8, 4, 8)]
+    assert list(frame["LM"]) == [8, 32]
+    assert (frame[result.column] > 0).all()
+    assert slope.slope < 0  # more units, smaller error
+    assert list(result.slopes["axis"]) == ["L"]
+
+
+def test_span_reduction_shrinks_with_units():
+    frame = lessons.span_reduction([(4, 4, 32), (32, 32, 32)], steps=2)
+
+    assert list(frame["r"]) == [10, 10]
+    small, large = frame["outside_fraction"]
+    assert 0 < large < small < 1
+    assert frame["width_term"].tolist() == pytest.approx([math.sqrt(2), math.sqrt(1 / 32)])
+
+
+def test_span_reduction_small_dim_has_rank_d():
+    frame = lessons.span_reduction([(4, 4, 6)], steps=1)
+
+    assert frame["r"].iloc[0] == 6  # E has 10 columns in 6 dimensions
+    assert frame["outside_fraction"].iloc[0] < 1e-5
+
+
+def test_limit_gap_follows_inverse_sqrt_dim():
+    frame, slope = lessons.limit_gap([16, 64, 256, 1024])
+
+    assert list(frame["D"]) == [16, 64, 256, 1024]
+    assert frame["embedding_gap"].is_monotonic_decreasing
+    assert -0.75 < slope.slope < -0.3, slope
+
+
+def test_gaussian_coordinates_ks_falls_with_dim():
+    histograms = lessons.gaussian_coordinates([8, 512], steps=2)
+
+    small, large = (histogram.ks_statistic() for histogram in histograms)
+    assert large < small
+    assert large < 0.05
+    assert histograms[1].values.size == 512 * 10
+
+
+def test_budget_table_balances_terms():
+    frame = lessons.budget_table([1e6])
+
+    row = frame.iloc[0]
+    assert (row["L"], row["M"], row["D"]) == (10, 1000, 100)
+    for name in ("depth", "width", "embedding"):
+        assert row[name] == pytest.approx(0.1, rel=1e-12)
+    assert row["bound_sum"] == pytest.approx(0.3, rel=1e-12)
+
+
+def test_optimal_rates_are_derived():
+    frame = lessons.optimal_rates().set_index("law")
+
+    assert frame.loc["embedding"].tolist() == pytest.approx([1 / 6, 1 / 2, 1 / 3, 1 / 6], abs=1e-9)
+    assert frame.loc["output"].tolist() == pytest.approx([1 / 5, 2 / 5, 2 / 5, 1 / 5], abs=1e-9)
+
+
+def test_path_rates_match_paths_module():
+    frame = lessons.path_rates(bounds.EMBEDDING_LAW)
+
+    assert frame["predicted slope"].tolist() == pytest.approx([-1 / 8, -1 / 6, -1 / 12, 0.0], abs=1e-9)
+
+
+# -- panels ----------------------------------------------------------------------------------------
+
+
+def test_parse_integers():
+    assert lesson_panel.parse_integers(" 16, 4,4 ", "D values") == [4, 16]
+    with pytest.raises(ConfigError, match="D values must be integers separated by commas"):
+        lesson_panel.parse_integers("4, x", "D values")
+    with pytest.raises(ConfigError, match="at least one integer of 1 or more"):
+        lesson_panel.parse_integers("0", "D values")
+
+
+def test_panel_shows_invalid_setting_as_message():
+    panel = panels.limit_gap_panel(run_at_start=False)
+    panel.widget.children[1].value = "4, oops"
+
+    assert panel.run() is None
+    assert "Cannot run these settings: D values must be integers" in panel.message.value
+    assert "Traceback" not in panel.message.value
+    assert panel.status.value == "Not run: invalid settings."
+
+
+def test_panel_shows_failure_as_message():
+    def compute():
+        raise RuntimeError("simulated failure")
+
+    panel = lesson_panel.LessonPanel("test", [], compute, lambda result: (None, ""), run_at_start=False)
+
+    assert panel.run() is None
+    assert "The computation failed: RuntimeError: simulated failure" in panel.message.value
+    assert panel.status.value == "Failed."
+
+
+def test_budget_panel_shows_derived_rates():
+    panel = panels.budget_panel()
+
+    assert panel.result is not None
+    assert "0.1667" in panel.details.value
+    assert panel.message.value == ""
+
+
+def test_training_panel_rejects_shape_over_budget():
+    panel = panels.training_panel(run_at_start=False)
+    _, depth, width, dim, _ = panel.widget.children[1:6]
+    depth.value, width.value, dim.value = 256, 1024, 1024
+
+    assert panel.run() is None
+    assert "over the budget of 1.00 GiB; reduce L, M or D" in panel.message.value
+
+
+def test_coordinate_panel_redraws_without_training():
+    panel = panels.coordinate_check_panel(run_at_start=False)
+    scales, steps, column = panel.widget.children[1:4]
+    scales.value = "4, 8"
+    steps.value = 1
+
+    result = panel.run()
+    column.value = "stream_rms"
+
+    assert set(result) == {"mlu", "standard"}
+    assert panel.result is result
+    assert "at step 0" in str(panel.chart.chart.to_dict()["title"])
+    assert "fitted slope in log n" in panel.details.value
+
+
+def test_training_panel_standard_rule():
+    panel = panels.training_panel(run_at_start=False)
+    rule, depth, width, dim, steps = panel.widget.children[1:6]
+    rule.value = "standard"
+    depth.value, width.value, dim.value, steps.value = 4, 8, 8, 2
+
+    trajectory = panel.run()
+
+    assert trajectory is not None
+    assert len(trajectory.loss_K) == 3
+    assert panel.message.value == ""
+
+
+@pytest.mark.slow
+def test_depth_width_panel_switches_axis():
+    panel = panels.depth_width_panel(run_at_start=False)
+    depths, widths, dim, axis = panel.widget.children[1:5]
+    depths.value, widths.value, dim.value = "2, 8", "4", 8
+
+    assert panel.run() is not None
+    axis.value = "M"
+
+    spec = panel.chart.chart.to_dict()
+    assert spec["layer"][0]["encoding"]["x"]["field"] == "M"
+    assert "one line per L" in str(spec["title"])
+    assert "Slope of the error against L M" in panel.details.value
+
+
+def test_slope_table_keeps_present_columns():
+    import pandas as pd
+
+    slopes = pd.DataFrame([{"axis": "L", "M": 4, "D": 8, "slope": -0.4, "ci_low": None, "ci_high": None}])
+
+    text = lesson_panel.slope_table(slopes, "Slopes:")
+    empty = lesson_panel.slope_table(pd.DataFrame(), "Slopes:")
+
+    assert "<th>axis</th>" in text
+    assert "<th>L</th>" not in text
+    assert "no axis has two sizes" in empty

@@ -1,0 +1,183 @@
+"""The building blocks of the course panels: a panel with a Run button, input parsing and charts.
+
+A ``LessonPanel`` calls one library function and only draws its result. A run blocks the
+kernel until it ends (the course defaults take seconds). An invalid setting or a failed
+computation shows a message in the page in place of a traceback, and a failure is also logged.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from collections.abc import Callable
+
+import altair as alt
+import ipywidgets as widgets
+import pandas as pd
+
+from resnet_limits.compilation_cache import enable_compilation_cache
+from resnet_limits.config import ConfigError, estimate_training_bytes
+from resnet_limits.sweeps import fits
+
+from resnet_limits_widgets.explorer import APP_MEMORY_BUDGET_BYTES, MESSAGE_STYLES
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+DESCRIPTION_STYLE = {"description_width": "160px"}
+CONTROL_LAYOUT = widgets.Layout(width="460px")
+
+
+def parse_integers(text: str, name: str) -> list[int]:
+    """Return the positive integers in a comma-separated ``text``; raise ConfigError when invalid."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        raise ConfigError(f"{name} must be integers separated by commas, such as 4, 16, 64; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{name} must contain at least one integer of 1 or more; got {text!r}")
+    return sorted(set(values))
+
+
+def check_shapes_fit(shapes, steps: int, num_samples: int = 10) -> None:
+    """Raise ConfigError when training any shape (L, M, D) is estimated above the apps' memory budget."""
+    for L, M, D in shapes:
+        estimate = estimate_training_bytes(L, M, D, num_samples, steps, "float32")
+        if estimate > APP_MEMORY_BUDGET_BYTES:
+            raise ConfigError(
+                f"shape L={L}, M={M}, D={D} needs about {estimate / 2**30:.2f} GiB, over the budget of "
+                f"{APP_MEMORY_BUDGET_BYTES / 2**30:.2f} GiB; reduce L, M or D"
+            )
+
+
+def _empty_chart(text: str) -> alt.Chart:
+    return alt.Chart().mark_text(text=text, fontSize=14, color="#555555").properties(width=500, height=40)
+
+
+def table_html(frame: pd.DataFrame, caption: str = "") -> str:
+    """Return ``frame`` as an HTML table with 4 significant digits, under an optional caption."""
+    table = frame.to_html(index=False, float_format=lambda value: f"{value:.4g}", border=0)
+    caption_html = f"<p style='color:#555'>{html.escape(caption)}</p>" if caption else ""
+    return f"<div style='font-size:13px'>{caption_html}{table}</div>"
+
+
+def slope_text(slope: fits.Slope) -> str:
+    """Return a fitted slope with its 95 % interval, or alone when it has no interval."""
+    if slope.num_points < 3:
+        return f"{slope.slope:.3f}"
+    return f"{slope.slope:.3f} (95 % interval {slope.ci_low:.3f} to {slope.ci_high:.3f})"
+
+
+def slope_table(slopes: pd.DataFrame, caption: str) -> str:
+    """Return the columns of ``fits.axis_slopes`` that a notebook shows, as HTML, or a note when it is empty.
+
+    ``axis_slopes`` has a column for an axis only when some row keeps that axis fixed, so
+    missing columns are left out.
+    """
+    if slopes.empty:
+        return f"<p>{html.escape(caption)} none: no axis has two sizes at fixed other axes.</p>"
+    columns = [name for name in ("axis", "L", "M", "D", "slope", "ci_low", "ci_high") if name in slopes.columns]
+    return table_html(slopes[columns], caption)
+
+
+def loglog_chart(frame: pd.DataFrame, x: str, y: str, color: str | None, title: str,
+                 x_title: str, y_title: str, reference: str | None = None) -> alt.LayerChart:
+    """Return points joined by lines on log-log axes, with an optional dashed reference column."""
+    encoding = dict(
+        x=alt.X(f"{x}:Q", title=x_title, scale=alt.Scale(type="log")),
+        y=alt.Y(f"{y}:Q", title=y_title, scale=alt.Scale(type="log")),
+        tooltip=list(frame.columns),
+    )
+    if color is not None:
+        encoding["color"] = alt.Color(f"{color}:N", legend=alt.Legend(orient="bottom"))
+    layers = [alt.Chart(frame).mark_line(point=True).encode(**encoding)]
+    if reference is not None:
+        layers.append(
+            alt.Chart(frame).mark_line(strokeDash=[6, 4], color="#7f7f7f").encode(
+                x=encoding["x"], y=alt.Y(f"{reference}:Q", scale=alt.Scale(type="log"))
+            )
+        )
+    return alt.layer(*layers).properties(width=420, height=260, title=title)
+
+
+class LessonPanel:
+    """Controls, a Run button, a status line, a message area, a chart and an HTML block.
+
+    ``compute`` reads the controls and returns a result; ``render`` turns it into a chart (or
+    None) and HTML. ConfigError and ValueError are shown as invalid settings, any other
+    exception as a failure with its type and message.
+    """
+
+    def __init__(self, title: str, controls: list[widgets.Widget], compute: Callable[[], object],
+                 render: Callable[[object], tuple[alt.TopLevelMixin | None, str]], *, run_at_start: bool = True):
+        alt.JupyterChart.enable_offline()
+        self.title = title
+        self.compute_result = compute
+        self.render_result = render
+        self.result = None
+        self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
+        self.run_button.on_click(lambda _: self.run())
+        self.status = widgets.HTML("Not run yet. Press Run.")
+        self.message = widgets.HTML("")
+        self.chart = alt.JupyterChart(_empty_chart("Press Run."))
+        self.details = widgets.HTML("")
+        for widget, name in ((self.status, "lesson-status"), (self.message, "lesson-message"),
+                             (self.chart, "lesson-chart")):
+            widget.add_class(name)  # selectors for browser tests
+        header = widgets.HTML(f"<b>{html.escape(title)}</b>")
+        self.widget = widgets.VBox([header, *controls, self.run_button, self.status, self.message,
+                                    self.chart, self.details])
+        if run_at_start:
+            self.run()
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _show_message(self, text: str) -> None:
+        self.message.value = (
+            f'<div style="{MESSAGE_STYLES["error"]}; padding:6px 10px; border-radius:4px; max-width:900px">'
+            f"{html.escape(text)}</div>" if text else ""
+        )
+
+    def run(self):
+        """Compute with the current controls and redraw; return the result, or None after a message."""
+        started = time.monotonic()
+        self.status.value = "Computing..."
+        try:
+            result = self.compute_result()
+            chart, details = self.render_result(result)
+        except (ConfigError, ValueError) as error:
+            self._show_message(f"Cannot run these settings: {error}")
+            self.status.value = "Not run: invalid settings."
+            return None
+        except Exception as error:  # noqa: BLE001 - the page shows the failure instead of a traceback
+            logger.exception("lesson panel %r: computation failed", self.title)
+            self._show_message(f"The computation failed: {type(error).__name__}: {error}")
+            self.status.value = "Failed."
+            return None
+        self._show_message("")
+        self.result = result
+        if chart is not None:
+            self.chart.chart = chart
+        self.details.value = details
+        self.status.value = f"Computed in {time.monotonic() - started:.1f} s."
+        return result
+
+
+def text_control(description: str, value: str) -> widgets.Text:
+    """Return a text box that commits its value on Enter or on leaving the box."""
+    return widgets.Text(description=description, value=value, continuous_update=False,
+                        style=DESCRIPTION_STYLE, layout=CONTROL_LAYOUT)
+
+
+def int_control(description: str, value: int, low: int, high: int) -> widgets.BoundedIntText:
+    """Return an integer box bounded to [low, high]."""
+    return widgets.BoundedIntText(description=description, value=value, min=low, max=high,
+                                  style=DESCRIPTION_STYLE, layout=CONTROL_LAYOUT)
+
+
+def enable_cache() -> None:
+    """Turn on JAX's persistent compilation cache in the user's cache directory."""
+    enable_compilation_cache()

@@ -1,0 +1,322 @@
+"""Panels of the teaching notebooks: a few controls, a Run button, a chart and a table per panel.
+
+Every panel calls one function of ``resnet_limits.parametrization`` or ``resnet_limits.lessons``
+and only draws its result, so every number it shows comes from tested library code. The panel
+itself, its input parsing and its chart builders are in ``lesson_panel``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import altair as alt
+import ipywidgets as widgets
+import pandas as pd
+
+from resnet_limits import bounds, lessons
+from resnet_limits import parametrization as pz
+from resnet_limits.config import ConfigError
+from resnet_limits.sweeps import fits, paths
+from resnet_limits.tasks import get_task
+
+from resnet_limits_widgets import coordinate_charts
+from resnet_limits_widgets.lesson_panel import (
+    CONTROL_LAYOUT,
+    DESCRIPTION_STYLE,
+    LessonPanel,
+    check_shapes_fit,
+    enable_cache,
+    int_control,
+    loglog_chart,
+    parse_integers,
+    slope_table,
+    slope_text,
+    table_html,
+    text_control,
+)
+
+__all__ = [
+    "LessonPanel",
+    "budget_panel",
+    "coordinate_check_panel",
+    "depth_width_panel",
+    "enable_cache",
+    "gaussian_panel",
+    "limit_gap_panel",
+    "rule_table_panel",
+    "shape_sweep_panel",
+    "span_panel",
+    "training_panel",
+]
+
+
+# -- part 1: the model and coordinate checks ------------------------------------------------------
+
+
+def rule_table_panel() -> widgets.HTML:
+    """Return the table of parametrisation rules as HTML."""
+    frame = pd.DataFrame(pz.rule_table())[["rule", "quantity", "formula", "description"]]
+    return widgets.HTML(table_html(frame))
+
+
+def training_panel(run_at_start: bool = True) -> LessonPanel:
+    """Build a panel that trains one network under a chosen rule and plots its loss per step."""
+    depth = int_control("L (depth)", 16, 1, 256)
+    width = int_control("M (width)", 64, 1, 1024)
+    dim = int_control("D (embedding dim.)", 64, 1, 1024)
+    steps = int_control("K (gradient steps)", 15, 1, 60)
+    rule = widgets.Dropdown(description="parametrisation", options=sorted(pz.RULES), value="mlu",
+                            style=DESCRIPTION_STYLE)
+
+    def compute():
+        task = get_task("paper-tanh")
+        check_shapes_fit([(depth.value, width.value, dim.value)], steps.value, task.num_samples)
+        trajectory = pz.train_under_rule(pz.get_rule(rule.value), task, depth.value, width.value, dim.value,
+                                         steps=steps.value, learning_rate=task.learning_rate)
+        return trajectory
+
+    def render(trajectory):
+        frame = pd.DataFrame({"step": range(len(trajectory.loss_K)), "loss": trajectory.loss_K})
+        chart = alt.Chart(frame).mark_line(point=True).encode(
+            x=alt.X("step:Q", title="gradient step k"), y=alt.Y("loss:Q", title="loss J"),
+            tooltip=["step", alt.Tooltip("loss:Q", format=".4g")],
+        ).properties(width=420, height=220, title=f"Training loss, L={depth.value}, M={width.value}, D={dim.value}")
+        diverged = "" if trajectory.diverged_at is None else f" Diverged at step {trajectory.diverged_at}."
+        details = f"<p>Loss {frame['loss'].iloc[0]:.4g} at step 0, {frame['loss'].iloc[-1]:.4g} at step {len(frame) - 1}.{diverged}</p>"
+        return chart, details
+
+    return LessonPanel("One training run", [rule, depth, width, dim, steps], compute, render, run_at_start=run_at_start)
+
+
+COORDINATE_TITLES = {
+    "stream_rms": "RMS of the stream H_l",
+    "stream_update_rms": "RMS of the update of H_l in one step",
+    "preactivation_update_rms": "RMS of the update of P_l in one step",
+    "u_update_rms": "RMS of the update of U, relative to U at step 0",
+}
+
+
+def coordinate_check_panel(run_at_start: bool = True) -> LessonPanel:
+    """Build a panel that runs ``parametrization.coordinate_check`` for MLU and the standard rule."""
+    scales = text_control("n (L = M = D = n)", "8, 16, 32, 64, 128")
+    steps = int_control("K (gradient steps)", 3, 1, 10)
+    column = widgets.Dropdown(description="quantity", options=[(title, name) for name, title in COORDINATE_TITLES.items()],
+                              value="stream_update_rms", style=DESCRIPTION_STYLE, layout=CONTROL_LAYOUT)
+    records: dict[str, list[dict]] = {}
+
+    def compute():
+        sizes = pz.scaled_sizes(parse_integers(scales.value, "n"))
+        if len(sizes) < 2:
+            raise ConfigError("give at least two sizes n to fit a slope")
+        check_shapes_fit(sizes, steps.value)
+        return {name: pz.coordinate_check(name, sizes, steps=steps.value) for name in ("mlu", "standard")}
+
+    def render(result):
+        records.clear()
+        records.update(result)
+        return _coordinate_view(records, column.value, steps.value)
+
+    panel = LessonPanel("Coordinate check: MLU against the standard parametrisation",
+                        [scales, steps, column], compute, render, run_at_start=run_at_start)
+
+    def redraw(_):
+        if records:
+            chart, details = _coordinate_view(records, column.value, steps.value)
+            panel.chart.chart = chart
+            panel.details.value = details
+
+    column.observe(redraw, names="value")
+    return panel
+
+
+def _coordinate_view(records: dict[str, list[dict]], column: str, steps: int):
+    step = steps if column != "stream_rms" else 0
+    rows = [row for rule_rows in records.values() for row in rule_rows
+            if row["step"] == step and row[column] is not None and row["finite"]]
+    frame = pd.DataFrame(rows)[["rule", "L", "M", "D", "scale", "step", column]]
+    chart = loglog_chart(frame, "scale", column, "rule", f"{COORDINATE_TITLES[column]} at step {step}",
+                         "n = L = M = D", COORDINATE_TITLES[column])
+    slope_rows = []
+    for name, rule_rows in records.items():
+        try:
+            slope = pz.coordinate_slope(rule_rows, column, step=step)
+            slope_rows.append({"rule": name, "fitted slope in log n": slope_text(slope)})
+        except ConfigError as error:
+            slope_rows.append({"rule": name, "fitted slope in log n": str(error)})
+    return chart, table_html(pd.DataFrame(slope_rows)) + table_html(frame)
+
+
+# -- part 2: depth begets width -------------------------------------------------------------------
+
+
+def depth_width_panel(run_at_start: bool = True) -> LessonPanel:
+    """Build a panel that sweeps L and M at fixed D and plots the error against the Mean ODE.
+
+    The horizontal axis is L M, L or M (a dropdown that redraws without training again).
+    """
+    depths = text_control("L values", "2, 8, 32")
+    widths = text_control("M values", "4, 16")
+    dim = int_control("D (fixed)", 16, 1, 1024)
+    axis = widgets.Dropdown(description="horizontal axis", options=[("L M", "LM"), ("L", "L"), ("M", "M")],
+                            value="LM", style=DESCRIPTION_STYLE)
+    directory = tempfile.TemporaryDirectory(prefix="resnet-limits-lesson-")
+    computed_runs = []
+
+    def compute():
+        grid = (parse_integers(depths.value, "L values"), parse_integers(widths.value, "M values"), [dim.value])
+        out = f"{directory.name}/L{'-'.join(map(str, grid[0]))}_M{'-'.join(map(str, grid[1]))}_D{dim.value}"
+        result = lessons.small_sweep(*grid, [0], out)
+        frame, slope = lessons.depth_width_table(result)
+        return result, frame, slope
+
+    def render(computed):
+        computed_runs[:] = [computed]
+        return _depth_width_view(*computed, axis.value)
+
+    panel = LessonPanel("Depth begets width: L and M at fixed D", [depths, widths, dim, axis], compute, render,
+                        run_at_start=run_at_start)
+    panel.directory = directory  # the store is deleted when the panel is garbage-collected
+
+    def redraw(_):
+        if computed_runs:
+            panel.chart.chart, panel.details.value = _depth_width_view(*computed_runs[0], axis.value)
+
+    axis.observe(redraw, names="value")
+    return panel
+
+
+def _depth_width_view(result, frame, slope, axis: str):
+    shown = frame[["L", "M", "D", "LM", result.column]].copy()
+    color = "M" if axis == "L" else "L"
+    shown[f"{color} "] = shown[color].astype(str)  # a nominal copy for the colour legend
+    titles = {"LM": "L M", "L": "L (depth)", "M": "M (width)"}
+    chart = loglog_chart(shown, axis, result.column, f"{color} ",
+                         f"Error against the fixed-D Mean ODE, one line per {color}",
+                         titles[axis], "embedding error at step K")
+    details = (
+        f"<p>Slope of the error against L M: <b>{slope_text(slope)}</b>. "
+        "The bound's width term sqrt(D/(L M)) has slope -1/2 against L M, against L and against M.</p>"
+        + slope_table(result.slopes, "Slopes against L (at fixed M) and against M (at fixed L):")
+        + table_html(shown.drop(columns=[f"{color} "]))
+    )
+    return chart, details
+
+
+# -- part 3: the large-embedding limit ------------------------------------------------------------
+
+
+def span_panel(run_at_start: bool = True) -> LessonPanel:
+    """Build a panel that measures the part of trained streams outside span(E)."""
+    sizes = text_control("n (L = M = n)", "4, 16, 32")
+    dim = int_control("D", 64, 1, 1024)
+
+    def compute():
+        shapes = [(n, n, dim.value) for n in parse_integers(sizes.value, "n")]
+        check_shapes_fit(shapes, 5)
+        return lessons.span_reduction(shapes)
+
+    def render(frame):
+        chart = loglog_chart(frame, "width_term", "outside_fraction", None,
+                             "Part of the stream outside span(E) after 5 steps",
+                             "sqrt(D / (L M))", "RMS outside / RMS of H")
+        return chart, table_html(frame, f"span(E) has dimension r = {int(frame['r'].iloc[0])}.")
+
+    return LessonPanel("The stream lives in r dimensions", [sizes, dim], compute, render, run_at_start=run_at_start)
+
+
+def limit_gap_panel(run_at_start: bool = True) -> LessonPanel:
+    """Build a panel that plots the gap between the fixed-D Mean ODE and the large-D limit against D."""
+    dims = text_control("D values", "4, 16, 64, 256, 1024")
+
+    def compute():
+        return lessons.limit_gap(parse_integers(dims.value, "D values"))
+
+    def render(computed):
+        frame, slope = computed
+        chart = loglog_chart(frame, "D", "embedding_gap", None, "Fixed-D Mean ODE against the large-D limit",
+                             "D", "RMS gap of the last stream", reference="embedding_term")
+        details = (f"<p>Fitted slope in log D: <b>{slope_text(slope)}</b>; the dashed line is 1/sqrt(D), "
+                   "slope -1/2.</p>" + table_html(frame))
+        return chart, details
+
+    return LessonPanel("The 1/sqrt(D) term", [dims], compute, render, run_at_start=run_at_start)
+
+
+def gaussian_panel(run_at_start: bool = True) -> LessonPanel:
+    """Build a panel of histograms of the coordinates h^d(1) for growing D against the limit's Gaussian law."""
+    dims = text_control("D values", "8, 64, 512")
+
+    def compute():
+        values = parse_integers(dims.value, "D values")
+        if len(values) > 4:
+            raise ConfigError("choose at most 4 values of D, one histogram each")
+        check_shapes_fit([(16, 64, D) for D in values], 5)
+        return values, lessons.gaussian_coordinates(values)
+
+    def render(computed):
+        values, histograms = computed
+        panels = [coordinate_charts.histogram_panel(h).properties(width=220, title=f"D = {D}")
+                  for D, h in zip(values, histograms)]
+        frame = pd.DataFrame({"D": values, "KS distance": [h.ks_statistic() for h in histograms]})
+        return alt.hconcat(*panels), table_html(frame, "Kolmogorov-Smirnov distance to the Gaussian law, L = 16, M = 64, step 5:")
+
+    return LessonPanel("Coordinates become Gaussian", [dims], compute, render, run_at_start=run_at_start)
+
+
+# -- part 4: all shapes and sizes -----------------------------------------------------------------
+
+
+def budget_panel(run_at_start: bool = True) -> LessonPanel:
+    """Build a panel of the bound's three terms along the optimal shapes of growing budgets."""
+    law = widgets.Dropdown(description="error law", options=[("embedding", "embedding"), ("output", "output")],
+                           value="embedding", style=DESCRIPTION_STYLE)
+
+    def compute():
+        chosen = fits.law_named(law.value)
+        return chosen, lessons.budget_table(paths.log_budgets(1e4, 1e12, 9), chosen)
+
+    def render(computed):
+        chosen, frame = computed
+        long = frame.melt(id_vars=["budget"], value_vars=[t.name for t in chosen.terms] + ["bound_sum"],
+                          var_name="term", value_name="value")
+        chart = loglog_chart(long, "budget", "value", "term", f"Terms of the {chosen.name} law on its optimal shapes",
+                             "parameters P = L M D", "term value (C = 1)")
+        rates = lessons.optimal_rates()
+        details = (table_html(rates, "Optimal exponents L = P^a, M = P^b, D = P^c, derived from the terms:")
+                   + table_html(lessons.path_rates(chosen), "Predicted slope against P on the paths D = P^c:")
+                   + table_html(frame))
+        return chart, details
+
+    return LessonPanel("The bound along the optimal shapes", [law], compute, render, run_at_start=run_at_start)
+
+
+def shape_sweep_panel(run_at_start: bool = True) -> LessonPanel:
+    """Build a panel that sweeps M and D at fixed L, fits the error law and plots the error against D."""
+    depth = int_control("L (fixed)", 8, 1, 256)
+    widths = text_control("M values", "4, 32")
+    dims = text_control("D values", "4, 16, 64")
+    directory = tempfile.TemporaryDirectory(prefix="resnet-limits-lesson-")
+
+    def compute():
+        grid = ([depth.value], parse_integers(widths.value, "M values"), parse_integers(dims.value, "D values"))
+        out = f"{directory.name}/L{depth.value}_M{'-'.join(map(str, grid[1]))}_D{'-'.join(map(str, grid[2]))}"
+        result = lessons.small_sweep(*grid, [0], out, column="embedding_error_limit")
+        law_fit = fits.fit_error_law(result.frame, result.column, bounds.EMBEDDING_LAW)
+        return result, law_fit
+
+    def render(computed):
+        result, law_fit = computed
+        frame = result.frame[["L", "M", "D", result.column]].copy()
+        frame["M"] = frame["M"].astype(str)
+        chart = loglog_chart(frame, "D", result.column, "M", "Error against the large-D limit, by M",
+                             "D", "embedding error at step K")
+        constants = pd.DataFrame(law_fit.to_dict()["constants"])
+        details = (table_html(constants, "Fitted error^2 = a^2 D/(L M) + b^2/D:")
+                   + slope_table(result.slopes, "Slopes per axis:")
+                   + table_html(frame))
+        return chart, details
+
+    panel = LessonPanel("A sweep over shapes and the fitted error law", [depth, widths, dims], compute, render,
+                        run_at_start=run_at_start)
+    panel.directory = directory
+    return panel
