@@ -62,20 +62,27 @@ def test_explorer_applies_query_string(explorer):
     config = explorer.config()
     assert (config.L, config.M, config.D, config.K, config.seed) == (4, 8, 8, 3, 2)
     assert explorer.auto_run.value is False
-    assert explorer.message.value == ""
+    assert explorer.url_message.value == ""
     assert "?task=paper-tanh&amp;L=4&amp;M=8&amp;D=8&amp;K=3" in explorer.link.value
 
 
 def test_explorer_shows_query_messages_not_errors():
     app = ExplorerApp(
-        query_string="L=30&lr=-2&activation=relu", cache=None, compilation_cache=False, use_worker=False, auto_run=False
+        query_string="L=30&K=2&lr=-2&activation=relu",
+        limit_settings=SMALL_LIMITS,
+        cache=None,
+        compilation_cache=False,
+        use_worker=False,
+        auto_run=False,
     )
     assert app.depth.value == 32
     assert app.learning_rate.value == app.task.learning_rate
     assert app.activation.value == app.task.activation
-    assert "using L=32" in app.message.value
-    assert "lr=&#x27;-2&#x27; is invalid" in app.message.value
-    assert "activation=&#x27;relu&#x27; is invalid" in app.message.value
+    assert "using L=32" in app.url_message.value
+    assert "lr=&#x27;-2&#x27; is invalid" in app.url_message.value
+    assert "activation=&#x27;relu&#x27; is invalid" in app.url_message.value
+    app.run_blocking()  # a run's own message leaves the link's message in place
+    assert "using L=32" in app.url_message.value
 
 
 def test_explorer_task_from_query_sets_defaults():
@@ -153,7 +160,7 @@ def test_coordinate_view_applies_query_string():
     assert (view.depth.value, view.width.value, view.dim.value, view.step.value, view.seed.value) == (8, 32, 64, 5, 3)
     assert view.limit_kind.value == limits.LARGE_DIM
     assert view.auto_run is False
-    assert "unknown parameter &#x27;x&#x27; ignored" in view.message.value
+    assert "unknown parameter &#x27;x&#x27; ignored" in view.url_message.value
     assert "?task=paper-tanh&amp;L=8&amp;M=32&amp;D=64&amp;k=5&amp;seed=3&amp;limit=large-D&amp;auto_run=0" in view.link.value
 
 

@@ -53,6 +53,7 @@ from resnet_limits_widgets.explorer import (
     USER_CACHE,
     WIDTH_OPTIONS,
     RemoteRunError,
+    message_html,
 )
 from resnet_limits_widgets.export import ChartDownloads
 
@@ -166,9 +167,11 @@ class CoordinateView:
         self.histogram_chart.add_class("coordinates-histogram-chart")
         self.trajectory_downloads = ChartDownloads("coordinates-trajectories")
         self.histogram_downloads = ChartDownloads("coordinates-histograms")
+        # Messages about the link's settings stay while runs replace the message above the charts.
+        self.url_message = widgets.HTML(value=message_html(url.message_text(), "warning"))
+        self.url_message.add_class("coordinates-url-message")
         self.widget = self._layout()
         self._update_link_and_code()
-        self._show_message(url.message_text(), "warning")
 
     def _build_controls(self, L: int, M: int, D: int, step: int) -> None:
         def size_slider(description, options, value):
@@ -231,6 +234,7 @@ class CoordinateView:
             [
                 top,
                 widgets.HBox([self.progress, self.status]),
+                self.url_message,
                 self.message,
                 self.trajectory_chart,
                 self.trajectory_downloads.widget,
@@ -441,8 +445,8 @@ class CoordinateView:
         self.cancel_button.disabled = True
         self.progress.value = 1.0
         self.progress.bar_style = "success"
-        self.status.value = f"Step {snapshot.step} computed in {seconds:.1f} s."
         self.update_charts()
+        self.status.value = f"Step {snapshot.step} computed in {seconds:.1f} s."
 
     def update_charts(self) -> None:
         """Redraw both charts from the stored snapshot with the current view controls."""

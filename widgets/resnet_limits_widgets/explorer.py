@@ -112,6 +112,16 @@ def _size_slider(description: str, options: tuple[int, ...], value: int) -> widg
     )
 
 
+def message_html(text: str, kind: str = "error") -> str:
+    """Return ``text`` as a coloured box of ``kind`` ("error", "warning" or "info"), or "" for no text."""
+    if not text:
+        return ""
+    return (
+        f'<div style="{MESSAGE_STYLES[kind]}; padding:6px 10px; border-radius:4px; max-width:900px">'
+        f"{html.escape(text)}</div>"
+    )
+
+
 def _with_control_names(message: str) -> str:
     """Return ``message`` with command-line option names replaced by the controls that set them."""
     for option, control in CONTROL_NAMES.items():
@@ -191,7 +201,6 @@ class ExplorerApp:
         self.widget = self._layout()
         self._update_summary()
         self._update_link_and_code()
-        self._show_message(self.url_settings.message_text(), "warning")
 
     # -- widgets ------------------------------------------------------------------------------
 
@@ -275,6 +284,9 @@ class ExplorerApp:
 
         self.link = widgets.HTML(value="")
         self.code = widgets.HTML(value="")
+        # Messages about the link's settings stay while runs replace the message above the charts.
+        self.url_message = widgets.HTML(value=message_html(self.url_settings.message_text(), "warning"))
+        self.url_message.add_class("explorer-url-message")
 
     def _layout(self) -> widgets.Widget:
         controls = widgets.VBox(
@@ -297,7 +309,9 @@ class ExplorerApp:
             ],
             layout=widgets.Layout(flex_flow="row wrap"),
         )
-        return widgets.VBox([top, progress, self.message, self.last_run, chart_row, self.link, self.code])
+        return widgets.VBox(
+            [top, progress, self.url_message, self.message, self.last_run, chart_row, self.link, self.code]
+        )
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

@@ -21,7 +21,7 @@ logger.addHandler(logging.NullHandler())
 # Pixels per Vega-Lite unit in the PNG file: 2 gives a sharp image on high-density screens.
 PNG_SCALE = 2
 
-# The Vega-Lite version of Altair's specifications, in vl-convert's spelling ("v6_1").
+# The Vega-Lite version of Altair's specifications, in vl-convert's spelling ("v6_4" for Altair 6.3).
 VEGA_LITE_VERSION = "_".join(alt.SCHEMA_VERSION.split(".")[:2])
 
 
