@@ -22,6 +22,7 @@ from test_browser import (
     playwright_sync,
     start_server,
     stop_server,
+    voila_server,  # noqa: F401 (the explorer alone, as `make app` serves it)
     wait_for_last_run,
 )
 
@@ -92,6 +93,19 @@ def test_explorer_opens_link_configuration(browser, apps_server):  # noqa: F811
     code = page.locator("textarea.explorer-code").input_value()
     assert "L=32, M=128, D=32, K=4" in code
     assert downloaded_png(page).startswith(PNG_SIGNATURE)
+
+    assert_no_python_error(page)
+    assert offline.blocked_code() == []
+    page.close()
+
+
+def test_single_app_reads_query_at_root(browser, voila_server):  # noqa: F811
+    offline = OfflinePage(browser)
+    page = offline.page
+    page.goto(f"{voila_server.url}?L=8&K=2", timeout=FIRST_RENDER_MS, wait_until="domcontentloaded")
+
+    wait_for_last_run(page, voila_server, "L=8, M=64, D=64, seed 0", "completed 2 steps", timeout=FIRST_RENDER_MS)
+    assert page.inner_text(".explorer-url-message") == ""
 
     assert_no_python_error(page)
     assert offline.blocked_code() == []

@@ -65,6 +65,11 @@ DEFAULT_COORDINATES = "0, 1, 2, 3"
 MAX_COORDINATES = 10  # the colour scheme has 10 distinct colours
 HISTOGRAM_DEPTHS = (0.0, 1.0)
 
+# Seconds that Cancel waits for the worker to stop before it kills the process. One level of a
+# limit simulation can take longer than a second on a loaded 2-core CPU, so the view waits less
+# than the explorer does, and a killed worker finds its limits again in ``limit_cache_dir``.
+CANCEL_GRACE_SECONDS = 0.4
+
 # The query parameters that set the coordinate view's controls, as in ?L=16&D=64&k=5.
 URL_FIELDS = {
     "task": url_state.ChoiceField(tuple(TASKS)),
@@ -413,7 +418,7 @@ class CoordinateView:
                 elif message["type"] == "failed":
                     raise RemoteRunError(message["error"])
         except asyncio.CancelledError:
-            await worker.stop(run_id)
+            await worker.stop(run_id, grace=CANCEL_GRACE_SECONDS)
             raise
         if snapshot is None:
             raise RemoteRunError("the worker ended the run without a snapshot")
