@@ -15,7 +15,8 @@ import pytest
 from nbclient import NotebookClient
 
 from resnet_limits import bounds, limits
-from resnet_limits.config import LimitSettings, RunConfig
+from resnet_limits.config import LimitSettings
+from resnet_limits.experiment import DEFAULT_CACHE
 from resnet_limits_widgets import CoordinateView, ExplorerApp, ShapeApp, shapes
 from resnet_limits_widgets.export import chart_png, chart_svg
 
@@ -40,6 +41,15 @@ def download_links(widget_html: str) -> dict[str, bytes]:
     """Return the decoded contents of the data: URIs in a downloads widget, keyed by file name."""
     links = re.findall(r'download="([^"]+)" href="data:[^;]+;base64,([^"]+)"', widget_html)
     return {name: base64.b64decode(data) for name, data in links}
+
+
+@pytest.fixture(autouse=True)
+def default_cache_restored():
+    """Restore the library's in-memory limit cache, which the executed copy-as-code fills."""
+    saved = list(DEFAULT_CACHE._entries.items())
+    yield
+    DEFAULT_CACHE._entries.clear()
+    DEFAULT_CACHE._entries.update(saved)
 
 
 @pytest.fixture
