@@ -278,7 +278,7 @@ def test_coordinate_view_runs_and_redraws():
 
     view = CoordinateView(
         L=4, M=8, D=16, step=2, limit_settings=LimitSettings(depth_points=8, particles=96), cache=None,
-        compilation_cache=False,
+        compilation_cache=False, use_worker=False,
     )
     snapshot = view.run()
     assert snapshot.step == 2
@@ -314,11 +314,15 @@ def test_coordinates_notebook_executes():
             assert cell.outputs == []
             assert cell.execution_count is None
     notebook.cells.append(
-        nbformat.v4.new_code_cell('print("snapshot step", view.snapshot.step, view.status.value.startswith("Step"))')
+        nbformat.v4.new_code_cell(
+            'outcome = await view.wait()\n'
+            'print("snapshot step", outcome, view.snapshot.step, view.status.value.startswith("Step"))\n'
+            "view.close()"
+        )
     )
     NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     printed = "".join(
         output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
         if output.output_type == "stream"
     )
-    assert "snapshot step 15 True" in printed
+    assert "snapshot step completed 15 True" in printed

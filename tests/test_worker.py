@@ -5,6 +5,8 @@ import dataclasses
 import io
 import json
 
+import numpy as np
+
 from resnet_limits.config import LimitSettings, RunConfig
 from resnet_limits.experiment import Comparison, LimitCache
 from resnet_limits.worker import ComparisonWorker, serve
@@ -86,3 +88,44 @@ def test_limit_cache_directory_survives_a_new_cache(tmp_path):
     assert second.rows == first.rows
     assert second.to_dict()["limit_error_estimate"] == first.to_dict()["limit_error_estimate"]
     assert list(tmp_path.glob("*.tmp")) == []
+
+
+def test_serve_sends_a_snapshot_equal_to_one_computed_here():
+    from resnet_limits.coordinates import coordinate_snapshot, snapshot_from_json
+
+    step = 2
+    request = _run_request(1)
+    request = json.dumps(dict(json.loads(request), type="snapshot", step=step)) + "\n"
+    output = io.StringIO()
+
+    serve(io.StringIO(request), output, LimitCache())
+
+    messages = [json.loads(line) for line in output.getvalue().splitlines()]
+    assert [m["type"] for m in messages if m["type"] != "progress"] == ["ready", "snapshot", "finished"]
+    rows = [m["row"] for m in messages if m["type"] == "progress" and m["row"] is not None]
+    assert [row["step"] for row in rows] == list(range(step + 1))
+    snapshot = snapshot_from_json(next(m for m in messages if m["type"] == "snapshot")["snapshot"])
+
+    reference = coordinate_snapshot(CONFIG, SETTINGS, step=step, cache=None)
+    assert snapshot.step == reference.step == step
+    np.testing.assert_allclose(snapshot.network.forward_SxDxN, reference.network.forward_SxDxN, rtol=1e-6)
+    np.testing.assert_allclose(snapshot.network.backward_SxDxN, reference.network.backward_SxDxN, rtol=1e-6)
+    assert set(snapshot.limits) == set(reference.limits) == {"large-D", "fixed-D"}
+    for kind, limit in reference.limits.items():
+        np.testing.assert_allclose(snapshot.limits[kind].basis_DxK, limit.basis_DxK, rtol=1e-6)
+        np.testing.assert_allclose(
+            snapshot.limits[kind].streams.forward_SxDxN, limit.streams.forward_SxDxN, rtol=1e-5, atol=1e-6
+        )
+
+
+def test_snapshot_json_round_trip_keeps_float32_values():
+    from resnet_limits.coordinates import coordinate_snapshot, snapshot_from_json, snapshot_to_json
+
+    snapshot = coordinate_snapshot(CONFIG, SETTINGS, step=1, cache=None)
+    decoded = snapshot_from_json(json.loads(json.dumps(snapshot_to_json(snapshot))))
+
+    assert decoded.step == 1
+    assert decoded.network.forward_SxDxN.dtype == np.float32
+    np.testing.assert_array_equal(decoded.network.forward_SxDxN, snapshot.network.forward_SxDxN.astype(np.float32))
+    np.testing.assert_array_equal(decoded.network.depth_s, snapshot.network.depth_s.astype(np.float32))
+    assert decoded.network.loss == snapshot.network.loss

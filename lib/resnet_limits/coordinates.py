@@ -17,6 +17,7 @@ ODE, whose basis satisfies B^T B / D = I, ||a||^2 is exactly the mean of (h^d)^2
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -367,4 +368,91 @@ def coordinate_histogram(
         law_density=law_density,
         law_std_N=law_std_N,
         values=values,
+    )
+
+
+# -- a snapshot from run settings, and as plain data ---------------------------------------------
+
+
+def snapshot_events(comparison, step: int):
+    """Yield the comparison's events until its network reaches ``step``, and leave it there.
+
+    The comparison's K must be at least ``step``. After the last event the model contains the
+    parameters of ``step``, unless training diverged before it.
+    """
+    events = comparison.events()
+    try:
+        for event in events:
+            yield event
+            if event.row is not None and event.row["step"] == step:
+                return
+    finally:
+        events.close()
+
+
+def coordinate_snapshot(config, limit_settings: LimitSettings | None = None, *, step: int, **comparison_options):
+    """Return the ``CoordinateSnapshot`` of run ``config`` and both limits at gradient step ``step``.
+
+    ``config.K`` must be at least ``step``. ``comparison_options`` go to ``Comparison`` (for
+    example ``cache`` and ``memory_budget_bytes``). Raises ValueError as ``snapshot_from_comparison``.
+    """
+    from resnet_limits.experiment import Comparison
+
+    comparison = Comparison(config, limit_settings, **comparison_options)
+    for _ in snapshot_events(comparison, step):
+        pass
+    return snapshot_from_comparison(comparison)
+
+
+def _encode_array(array: np.ndarray) -> dict:
+    """Return ``array`` as JSON-ready data: its shape and its float32 bytes in base64."""
+    data = np.ascontiguousarray(array, dtype="<f4")
+    return {"shape": list(data.shape), "float32": base64.b64encode(data.tobytes()).decode("ascii")}
+
+
+def _decode_array(data: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(data["float32"]), dtype="<f4").reshape(data["shape"])
+
+
+def _encode_streams(streams: Streams) -> dict:
+    return {
+        "depth_s": _encode_array(streams.depth_s),
+        "forward": _encode_array(streams.forward_SxDxN),
+        "backward": _encode_array(streams.backward_SxDxN),
+        "f": _encode_array(streams.f_DoutxN),
+        "loss": streams.loss,
+    }
+
+
+def _decode_streams(data: dict) -> Streams:
+    return Streams(
+        depth_s=_decode_array(data["depth_s"]),
+        forward_SxDxN=_decode_array(data["forward"]),
+        backward_SxDxN=_decode_array(data["backward"]),
+        f_DoutxN=_decode_array(data["f"]),
+        loss=data["loss"],
+    )
+
+
+def snapshot_to_json(snapshot: CoordinateSnapshot) -> dict:
+    """Return ``snapshot`` as JSON-ready data, its arrays as base64 float32 (4 bytes per value, no pickle)."""
+    return {
+        "step": snapshot.step,
+        "network": _encode_streams(snapshot.network),
+        "limits": {
+            kind: {"streams": _encode_streams(limit.streams), "basis": _encode_array(limit.basis_DxK)}
+            for kind, limit in snapshot.limits.items()
+        },
+    }
+
+
+def snapshot_from_json(data: dict) -> CoordinateSnapshot:
+    """Return the snapshot that ``snapshot_to_json`` encoded, with float32 arrays."""
+    return CoordinateSnapshot(
+        step=data["step"],
+        network=_decode_streams(data["network"]),
+        limits={
+            kind: LimitStreams(kind, _decode_streams(limit["streams"]), _decode_array(limit["basis"]))
+            for kind, limit in data["limits"].items()
+        },
     )

@@ -14,11 +14,15 @@ its compiled functions between runs. Requests:
 
     {"type": "run", "id": 3, "config": {RunConfig fields}, "limit_settings": {...},
      "memory_budget_bytes": 1073741824}
+    {"type": "snapshot", "id": 4, "step": 5, "config": ..., "limit_settings": ...,
+     "memory_budget_bytes": ...}
     {"type": "cancel", "id": 3}
 
 Messages: ``{"type": "ready"}`` once imports are done, then per run ``progress`` (stage, done,
 total and the step's row, if any) after every event, and one of ``finished`` (the final state of
-the comparison), ``cancelled`` (the same, partial) or ``failed`` (the error as text). The
+the comparison), ``cancelled`` (the same, partial) or ``failed`` (the error as text). A
+``snapshot`` request runs the comparison to its step, then sends one ``snapshot`` message with
+the streams of the network and both limits (base64 float32 arrays) before ``finished``. The
 worker's standard error is the parent's, and anything the computation prints goes there too,
 so only messages reach the pipe. The worker exits when its standard input closes, which happens
 when the parent exits.
@@ -167,6 +171,33 @@ class ComparisonWorker:
         )
         return self._next_id
 
+    def submit_snapshot(
+        self,
+        config: RunConfig,
+        limit_settings: LimitSettings | None = None,
+        *,
+        step: int,
+        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    ) -> int:
+        """Send a coordinate snapshot at gradient step ``step`` to the worker and return the run's id.
+
+        The run's messages are those of a comparison up to ``step``, then one ``snapshot`` message
+        (``resnet_limits.coordinates.snapshot_to_json``) before the final one.
+        """
+        self.start()
+        self._next_id += 1
+        self._send(
+            {
+                "type": "snapshot",
+                "id": self._next_id,
+                "step": step,
+                "config": dataclasses.asdict(config),
+                "limit_settings": dataclasses.asdict(limit_settings or LimitSettings()),
+                "memory_budget_bytes": memory_budget_bytes,
+            }
+        )
+        return self._next_id
+
     async def messages(self, run_id: int) -> AsyncIterator[dict]:
         """Yield the messages of run ``run_id`` until its final one; raise WorkerError if the worker dies."""
         while True:
@@ -234,6 +265,7 @@ def serve(requests, output, cache=None) -> None:
 
     ``cache`` is the LimitCache of every run, the library's in-memory default if None.
     """
+    from resnet_limits.coordinates import snapshot_events, snapshot_from_comparison, snapshot_to_json
     from resnet_limits.experiment import DEFAULT_CACHE, Comparison
 
     cache = DEFAULT_CACHE if cache is None else cache
@@ -257,7 +289,7 @@ def serve(requests, output, cache=None) -> None:
     threading.Thread(target=read_requests, daemon=True).start()
     send({"type": "ready"})
     while (request := pending.get()) is not None:
-        if request["type"] != "run":
+        if request["type"] not in ("run", "snapshot"):
             continue
         run_id = request["id"]
         if run_id in cancelled:
@@ -271,7 +303,12 @@ def serve(requests, output, cache=None) -> None:
                 memory_budget_bytes=request["memory_budget_bytes"],
                 cache=cache,
             )
-            for event in comparison.events():
+            events = (
+                comparison.events()
+                if request["type"] == "run"
+                else snapshot_events(comparison, request["step"])
+            )
+            for event in events:
                 send(
                     {
                         "type": "progress",
@@ -283,11 +320,16 @@ def serve(requests, output, cache=None) -> None:
                     }
                 )
                 if run_id in cancelled:
+                    events.close()
                     break
+            if request["type"] == "snapshot" and run_id not in cancelled:
+                snapshot = snapshot_from_comparison(comparison)
+                send({"type": "snapshot", "id": run_id, "snapshot": snapshot_to_json(snapshot)})
         except Exception as error:  # reported to the parent, which shows it
             send({"type": "failed", "id": run_id, "error": f"{type(error).__name__}: {error}"})
             continue
-        final = "cancelled" if run_id in cancelled and not comparison.completed else "finished"
+        stopped = run_id in cancelled and (request["type"] == "snapshot" or not comparison.completed)
+        final = "cancelled" if stopped else "finished"
         send({"type": final, "id": run_id, "state": comparison_state(comparison)})
 
 

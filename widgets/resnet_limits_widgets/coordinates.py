@@ -3,40 +3,59 @@
 A run trains the network of the chosen shape to step k with ``Comparison`` and trains both
 limit simulators to the same step. The charts are built once and updated in place. Changing
 the coordinates, the sample or the limit redraws them from the stored snapshot, and only the
-Run button trains again. The run blocks the kernel until it ends, so keep the shape small.
+Run button trains again.
+
+The Run button starts an asyncio task in the kernel's event loop. By default the computation
+runs in a worker process (``resnet_limits.worker``, a ``snapshot`` request) that streams its
+progress and then the snapshot's arrays, so the kernel keeps processing widget messages. Cancel
+stops a run within a second: the worker stops at its next event, or is killed.
+With ``use_worker=False`` the task iterates the comparison's events in the kernel and yields to
+the event loop between them, and the final particle simulations block the kernel. ``run`` computes
+in the kernel without an event loop and returns the snapshot.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
+import os
 import time
 
 import altair as alt
 import ipywidgets as widgets
 
 from resnet_limits import limits
-from resnet_limits.config import ConfigError, LimitSettings, RunConfig
+from resnet_limits.compilation_cache import enable_compilation_cache
+from resnet_limits.config import MAX_SEED, ConfigError, LimitSettings, RunConfig
 from resnet_limits.coordinates import (
     CoordinateSnapshot,
     coordinate_histogram,
     coordinate_trajectories,
+    snapshot_events,
     snapshot_from_comparison,
+    snapshot_from_json,
 )
-from resnet_limits.experiment import DEFAULT_CACHE, Comparison, LimitCache
-from resnet_limits.tasks import get_task
+from resnet_limits.experiment import DEFAULT_CACHE, STAGE_TRAINING, Comparison, LimitCache, default_limit_cache_dir
+from resnet_limits.tasks import TASKS, get_task
+from resnet_limits.worker import ComparisonWorker
 
-from resnet_limits_widgets import coordinate_charts
-from resnet_limits.compilation_cache import enable_compilation_cache
+from resnet_limits_widgets import coordinate_charts, url_state
+from resnet_limits_widgets.copy_code import code_html, snapshot_code
 from resnet_limits_widgets.explorer import (
     APP_MEMORY_BUDGET_BYTES,
     CONTROL_LAYOUT,
     DEPTH_OPTIONS,
     DESCRIPTION_STYLE,
     DIM_OPTIONS,
+    MAX_STEPS,
     MESSAGE_STYLES,
+    USER_CACHE,
     WIDTH_OPTIONS,
+    RemoteRunError,
+    message_html,
 )
+from resnet_limits_widgets.export import ChartDownloads
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -45,6 +64,23 @@ LIMIT_OPTIONS = (("fixed-D Mean ODE", limits.FIXED_DIM), ("large-D limit", limit
 DEFAULT_COORDINATES = "0, 1, 2, 3"
 MAX_COORDINATES = 10  # the colour scheme has 10 distinct colours
 HISTOGRAM_DEPTHS = (0.0, 1.0)
+
+# Seconds that Cancel waits for the worker to stop before it kills the process. One level of a
+# limit simulation can take longer than a second on a loaded 2-core CPU, so the view waits less
+# than the explorer does, and a killed worker finds its limits again in ``limit_cache_dir``.
+CANCEL_GRACE_SECONDS = 0.4
+
+# The query parameters that set the coordinate view's controls, as in ?L=16&D=64&k=5.
+URL_FIELDS = {
+    "task": url_state.ChoiceField(tuple(TASKS)),
+    "L": url_state.SizeField(DEPTH_OPTIONS),
+    "M": url_state.SizeField(WIDTH_OPTIONS),
+    "D": url_state.SizeField(DIM_OPTIONS),
+    "k": url_state.IntField(0, MAX_STEPS),
+    "seed": url_state.IntField(0, MAX_SEED),
+    "limit": url_state.ChoiceField(tuple(kind for _, kind in LIMIT_OPTIONS)),
+    "auto_run": url_state.BoolField(),
+}
 
 
 def parse_coordinates(text: str, dim: int) -> tuple[int, ...]:
@@ -73,6 +109,9 @@ class CoordinateView:
 
     ``L``, ``M``, ``D`` and ``step`` are the initial control values; ``limit_settings`` sets the
     particle simulators. ``memory_budget_bytes`` caps the estimated memory of a run.
+    ``use_worker`` runs ``start_run`` in a worker process, which keeps its limits in
+    ``limit_cache_dir``. ``query_string`` (see ``URL_FIELDS``) overrides the task, the initial
+    control values and ``auto_run``, which the notebook reads to decide whether to run at once.
     """
 
     def __init__(
@@ -87,25 +126,57 @@ class CoordinateView:
         memory_budget_bytes: int = APP_MEMORY_BUDGET_BYTES,
         cache: LimitCache | None = DEFAULT_CACHE,
         compilation_cache: bool = True,
+        use_worker: bool = True,
+        limit_cache_dir: str | os.PathLike | None = USER_CACHE,
+        auto_run: bool = True,
+        query_string: str | None = None,
     ):
-        if compilation_cache:
-            enable_compilation_cache()
+        cache_dir = enable_compilation_cache() if compilation_cache else None
         alt.JupyterChart.enable_offline()
-        self.task = get_task(task)
+        self.url_settings = url = url_state.parse_query(query_string, URL_FIELDS)
+        self.task = get_task(url.get("task", task))
         self.limit_settings = limit_settings or LimitSettings()
         self.memory_budget_bytes = memory_budget_bytes
         self.cache = cache
+        self.auto_run = url.get("auto_run", auto_run)
+        if limit_cache_dir is USER_CACHE:
+            limit_cache_dir = default_limit_cache_dir()
+        self.worker = (
+            ComparisonWorker(compilation_cache_dir=cache_dir, limit_cache_dir=limit_cache_dir)
+            if use_worker
+            else None
+        )
+        if self.worker is not None:
+            self.worker.start()
         self.snapshot: CoordinateSnapshot | None = None
         self.snapshot_config: RunConfig | None = None
+        self.outcome: str | None = None  # "completed", "cancelled" or "failed" for the latest run
+        self._task: asyncio.Task | None = None
 
-        self._build_controls(L, M, D, self.task.steps if step is None else step)
+        self.link = widgets.HTML(value="")
+        self.code = widgets.HTML(value="")
+        default_step = self.task.steps if step is None else step
+        self._build_controls(url.get("L", L), url.get("M", M), url.get("D", D), url.get("k", default_step))
+        self.seed.value = url.get("seed", 0)
+        self.limit_kind.value = url.get("limit", limits.FIXED_DIM)
         self.message = widgets.HTML(value="")
+        self.message.add_class("coordinates-message")
         self.status = widgets.HTML(value="Not run yet. Press Run.")
+        self.status.add_class("coordinates-status")
+        self.progress = widgets.FloatProgress(
+            value=0.0, min=0.0, max=1.0, description="progress", bar_style="info"
+        )
         self.trajectory_chart = alt.JupyterChart(_empty_chart("Press Run to train the network and its limits."))
         self.histogram_chart = alt.JupyterChart(_empty_chart(""))
         self.trajectory_chart.add_class("coordinates-trajectory-chart")
         self.histogram_chart.add_class("coordinates-histogram-chart")
+        self.trajectory_downloads = ChartDownloads("coordinates-trajectories")
+        self.histogram_downloads = ChartDownloads("coordinates-histograms")
+        # Messages about the link's settings stay while runs replace the message above the charts.
+        self.url_message = widgets.HTML(value=message_html(url.message_text(), "warning"))
+        self.url_message.add_class("coordinates-url-message")
         self.widget = self._layout()
+        self._update_link_and_code()
 
     def _build_controls(self, L: int, M: int, D: int, step: int) -> None:
         def size_slider(description, options, value):
@@ -127,7 +198,11 @@ class CoordinateView:
         )
         self.seed = widgets.IntText(description="seed", value=0, style=DESCRIPTION_STYLE)
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
-        self.run_button.on_click(lambda _: self.run())
+        self.run_button.on_click(lambda _: self.start_run())
+        self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
+        self.cancel_button.on_click(lambda _: self.cancel())
+        for control in (self.depth, self.width, self.dim, self.step, self.seed):
+            control.observe(lambda _: self._update_link_and_code(), names="value")
 
         self.limit_kind = widgets.Dropdown(
             description="limit", options=LIMIT_OPTIONS, value=limits.FIXED_DIM, style=DESCRIPTION_STYLE
@@ -142,6 +217,7 @@ class CoordinateView:
         self.pool_samples = widgets.Checkbox(description="histogram over all samples", value=True, indent=False)
         for control in (self.limit_kind, self.coordinates, self.sample, self.pool_samples):
             control.observe(lambda _: self.update_charts(), names="value")
+        self.limit_kind.observe(lambda _: self._update_link_and_code(), names="value")
 
     def _layout(self) -> widgets.Widget:
         run_controls = widgets.VBox(
@@ -152,14 +228,27 @@ class CoordinateView:
                 self.dim,
                 self.step,
                 self.seed,
-                self.run_button,
+                widgets.HBox([self.run_button, self.cancel_button]),
             ]
         )
         view_controls = widgets.VBox(
             [widgets.HTML("<b>View</b>"), self.limit_kind, self.coordinates, self.sample, self.pool_samples]
         )
         top = widgets.HBox([run_controls, view_controls], layout=widgets.Layout(flex_flow="row wrap"))
-        return widgets.VBox([top, self.status, self.message, self.trajectory_chart, self.histogram_chart])
+        return widgets.VBox(
+            [
+                top,
+                widgets.HBox([self.progress, self.status]),
+                self.url_message,
+                self.message,
+                self.trajectory_chart,
+                self.trajectory_downloads.widget,
+                self.histogram_chart,
+                self.histogram_downloads.widget,
+                self.link,
+                self.code,
+            ]
+        )
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
@@ -185,13 +274,30 @@ class CoordinateView:
             dtype="float32",
         )
 
-    def run(self) -> CoordinateSnapshot | None:
-        """Train the network and both limits to step k, store the snapshot and redraw the charts.
+    def query_string(self) -> str:
+        """Return the query string (leading "?") that opens the view with the current settings."""
+        values = {
+            "task": self.task.name,
+            "L": self.depth.value,
+            "M": self.width.value,
+            "D": self.dim.value,
+            "k": self.step.value,
+            "seed": self.seed.value,
+            "limit": self.limit_kind.value,
+            "auto_run": self.auto_run,
+        }
+        return url_state.format_query(values, URL_FIELDS)
 
-        Returns the snapshot, or None after showing why the run could not finish.
-        """
-        step = self.step.value
-        started = time.monotonic()
+    def code_text(self) -> str:
+        """Return library code that computes the snapshot of the current settings as ``snapshot``."""
+        return snapshot_code(self.config(), self.limit_settings, self.step.value)
+
+    def _update_link_and_code(self) -> None:
+        self.link.value = url_state.link_html(self.query_string(), "coordinates-link")
+        self.code.value = code_html(self.code_text(), "coordinates-code")
+
+    def _prepare(self) -> Comparison | None:
+        """Return a comparison of the current settings, or None after showing why they are invalid."""
         try:
             comparison = Comparison(
                 self.config(), self.limit_settings, memory_budget_bytes=self.memory_budget_bytes, cache=self.cache
@@ -201,24 +307,151 @@ class CoordinateView:
             self.status.value = "Not run: invalid settings."
             return None
         self._show_message("")
+        return comparison
+
+    def run(self) -> CoordinateSnapshot | None:
+        """Train the network and both limits to step k in this process, store the snapshot and redraw.
+
+        Blocks until the end. Returns the snapshot, or None after showing why the run could not finish.
+        """
+        comparison = self._prepare()
+        if comparison is None:
+            return None
+        step = self.step.value
+        started = time.monotonic()
         self.status.value = f"Training to step {step}..."
-        events = comparison.events()
-        for event in events:
-            if event.row is not None and event.row["step"] == step:
-                events.close()  # the model keeps the parameters of this step
-                break
+        for event in snapshot_events(comparison, step):
+            self.progress.value = event.fraction
         try:
             snapshot = snapshot_from_comparison(comparison)
         except ValueError as error:
-            logger.warning("coordinate view run %s failed: %s", comparison.config, error)
-            self._show_message(f"No coordinates to show: {error}.")
-            self.status.value = "Failed."
+            self._fail(comparison.config, f"No coordinates to show: {error}.")
             return None
-        self.snapshot = snapshot
-        self.snapshot_config = comparison.config
-        self.status.value = f"Step {snapshot.step} computed in {time.monotonic() - started:.1f} s."
-        self.update_charts()
+        self._show_snapshot(snapshot, comparison.config, time.monotonic() - started)
         return snapshot
+
+    def start_run(self) -> asyncio.Task | None:
+        """Cancel the running computation and start one with the current settings as an asyncio task.
+
+        Returns the task, or None when the settings are invalid. Without a running event loop
+        (a plain script), runs to the end with ``run`` and returns None.
+        """
+        comparison = self._prepare()
+        if comparison is None:
+            return None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self.run()
+            return None
+        previous = self._task
+        if previous is not None and not previous.done():
+            previous.cancel()
+        self._task = asyncio.ensure_future(self._run(comparison, self.step.value, previous))
+        return self._task
+
+    def cancel(self) -> None:
+        """Stop the running computation; the charts keep the previous snapshot."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def wait(self) -> str | None:
+        """Wait until the latest run ends and return its outcome."""
+        while self._task is not None and not self._task.done():
+            await asyncio.wait([self._task])
+        return self.outcome
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def close(self) -> None:
+        """Stop the running computation and the worker process."""
+        self.cancel()
+        if self.worker is not None:
+            self.worker.kill()
+
+    async def _run(self, comparison: Comparison, step: int, previous: asyncio.Task | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        self.outcome = None
+        self.cancel_button.disabled = False
+        self.progress.value = 0.0
+        self.progress.bar_style = "info"
+        self.status.value = f"Starting: training to step {step}..."
+        started = time.monotonic()
+        try:
+            if self.worker is None:
+                snapshot = await self._snapshot_in_kernel(comparison, step)
+            else:
+                snapshot = await self._snapshot_in_worker(comparison, step)
+        except asyncio.CancelledError:
+            self.outcome = "cancelled"
+            self.cancel_button.disabled = True
+            self.progress.bar_style = "warning"
+            self.status.value = "Cancelled."
+            raise
+        except Exception as error:  # any failure ends up in the page, never as a traceback
+            text = str(error) if isinstance(error, RemoteRunError) else f"{type(error).__name__}: {error}"
+            self._fail(comparison.config, f"The run failed: {text}")
+            return
+        self._show_snapshot(snapshot, comparison.config, time.monotonic() - started)
+
+    async def _snapshot_in_kernel(self, comparison: Comparison, step: int) -> CoordinateSnapshot:
+        for event in snapshot_events(comparison, step):
+            self._on_progress(event.stage, event.fraction, event.row)
+            await asyncio.sleep(0)
+        return snapshot_from_comparison(comparison)
+
+    async def _snapshot_in_worker(self, comparison: Comparison, step: int) -> CoordinateSnapshot:
+        worker = self.worker
+        run_id = worker.submit_snapshot(
+            comparison.config, comparison.limit_settings, step=step, memory_budget_bytes=self.memory_budget_bytes
+        )
+        snapshot = None
+        try:
+            async for message in worker.messages(run_id):
+                if message["type"] == "progress":
+                    self._on_progress(message["stage"], message["done"] / message["total"], message["row"])
+                elif message["type"] == "snapshot":
+                    snapshot = snapshot_from_json(message["snapshot"])
+                elif message["type"] == "failed":
+                    raise RemoteRunError(message["error"])
+        except asyncio.CancelledError:
+            await worker.stop(run_id, grace=CANCEL_GRACE_SECONDS)
+            raise
+        if snapshot is None:
+            raise RemoteRunError("the worker ended the run without a snapshot")
+        return snapshot
+
+    def _on_progress(self, stage: str, fraction: float, row: dict | None) -> None:
+        self.progress.value = fraction
+        if stage == STAGE_TRAINING:
+            step = row["step"] if row is not None else "?"
+            if step == self.step.value:
+                self.status.value = f"Step {step} reached; computing the streams of both limits..."
+            else:
+                self.status.value = f"Training: step {step} of {self.step.value}"
+        else:
+            self.status.value = f"Computing the {stage}..."
+
+    def _fail(self, config: RunConfig, text: str) -> None:
+        logger.warning("coordinate view run %s failed: %s", config, text)
+        self.outcome = "failed"
+        self.cancel_button.disabled = True
+        self.progress.bar_style = "danger"
+        self.status.value = "Failed."
+        self._show_message(text)
+
+    def _show_snapshot(self, snapshot: CoordinateSnapshot, config: RunConfig, seconds: float) -> None:
+        self.snapshot = snapshot
+        self.snapshot_config = config
+        self.outcome = "completed"
+        self.cancel_button.disabled = True
+        self.progress.value = 1.0
+        self.progress.bar_style = "success"
+        self.update_charts()
+        self.status.value = f"Step {snapshot.step} computed in {seconds:.1f} s."
 
     def update_charts(self) -> None:
         """Redraw both charts from the stored snapshot with the current view controls."""
@@ -246,3 +479,5 @@ class CoordinateView:
         self.histogram_chart.chart = coordinate_charts.histogram_chart(
             histograms, f"All D coordinates of h at the input and the output: {shape}"
         )
+        self.trajectory_downloads.update(self.trajectory_chart.chart)
+        self.histogram_downloads.update(self.histogram_chart.chart)

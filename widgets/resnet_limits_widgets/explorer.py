@@ -23,7 +23,7 @@ import altair as alt
 import ipywidgets as widgets
 
 from resnet_limits.compilation_cache import enable_compilation_cache
-from resnet_limits.config import ConfigError, LimitSettings, RunConfig
+from resnet_limits.config import MAX_SEED, ConfigError, LimitSettings, RunConfig
 from resnet_limits.experiment import (
     DEFAULT_CACHE,
     STAGE_TRAINING,
@@ -34,10 +34,12 @@ from resnet_limits.experiment import (
     limit_error_summary,
 )
 from resnet_limits.limits import LARGE_DIM
-from resnet_limits.tasks import ACTIVATIONS, get_task
+from resnet_limits.tasks import ACTIVATIONS, TASKS, get_task
 from resnet_limits.worker import ComparisonWorker
 
-from resnet_limits_widgets import charts
+from resnet_limits_widgets import charts, url_state
+from resnet_limits_widgets.copy_code import code_html, comparison_code
+from resnet_limits_widgets.export import ChartDownloads
 from resnet_limits_widgets.summary import shape_summary_html
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,21 @@ logger.addHandler(logging.NullHandler())
 DEPTH_OPTIONS = tuple(2**i for i in range(9))  # L from 1 to 256
 WIDTH_OPTIONS = tuple(2**i for i in range(11))  # M from 1 to 1024
 DIM_OPTIONS = tuple(2**i for i in range(11))  # D from 1 to 1024
+MAX_STEPS = 60  # the K slider's maximum
+
+# The query parameters that set the explorer's controls, as in ?L=32&M=128&D=64&lr=0.5.
+URL_FIELDS = {
+    "task": url_state.ChoiceField(tuple(TASKS)),
+    "L": url_state.SizeField(DEPTH_OPTIONS),
+    "M": url_state.SizeField(WIDTH_OPTIONS),
+    "D": url_state.SizeField(DIM_OPTIONS),
+    "K": url_state.IntField(1, MAX_STEPS),
+    "lr": url_state.PositiveFloatField(),
+    "alpha": url_state.PositiveFloatField(),
+    "activation": url_state.ChoiceField(tuple(ACTIVATIONS)),
+    "seed": url_state.IntField(0, MAX_SEED),
+    "auto_run": url_state.BoolField(),
+}
 
 # The explorer's cap on the estimated memory of one run. A public Binder session has about 2 GB
 # for the kernel, the Jupyter server and JAX itself, so the app keeps half of the library default.
@@ -95,6 +112,16 @@ def _size_slider(description: str, options: tuple[int, ...], value: int) -> widg
     )
 
 
+def message_html(text: str, kind: str = "error") -> str:
+    """Return ``text`` as a coloured box of ``kind`` ("error", "warning" or "info"), or "" for no text."""
+    if not text:
+        return ""
+    return (
+        f'<div style="{MESSAGE_STYLES[kind]}; padding:6px 10px; border-radius:4px; max-width:900px">'
+        f"{html.escape(text)}</div>"
+    )
+
+
 def _with_control_names(message: str) -> str:
     """Return ``message`` with command-line option names replaced by the controls that set them."""
     for option, control in CONTROL_NAMES.items():
@@ -123,7 +150,9 @@ class ExplorerApp:
     start. ``use_worker`` runs comparisons in a worker process, which keeps its own limit cache;
     without it, ``cache`` stores the limits in the kernel and is shared by all apps there.
     ``compilation_cache`` turns on JAX's persistent compilation cache in the user's cache
-    directory.
+    directory. ``query_string`` (a page URL's query string, see ``URL_FIELDS``) overrides the
+    task, the initial control values and ``auto_run``. The app shows a message about every
+    parameter of it that was adjusted or ignored.
     """
 
     def __init__(
@@ -140,11 +169,13 @@ class ExplorerApp:
         compilation_cache: bool = True,
         use_worker: bool = True,
         limit_cache_dir: str | os.PathLike | None = USER_CACHE,
+        query_string: str | None = None,
     ):
         cache_dir = enable_compilation_cache() if compilation_cache else None
         alt.JupyterChart.enable_offline()
 
-        self.task = get_task(task)
+        self.url_settings = url_state.parse_query(query_string, URL_FIELDS)
+        self.task = get_task(self.url_settings.get("task", task))
         self.limit_settings = limit_settings or APP_LIMIT_SETTINGS
         self.memory_budget_bytes = memory_budget_bytes
         self.cache = cache
@@ -169,35 +200,40 @@ class ExplorerApp:
         self._build_outputs()
         self.widget = self._layout()
         self._update_summary()
+        self._update_link_and_code()
 
     # -- widgets ------------------------------------------------------------------------------
 
     def _build_controls(self, L: int, M: int, D: int, auto_run: bool) -> None:
         task = self.task
-        self.depth = _size_slider("L (depth)", DEPTH_OPTIONS, L)
-        self.width = _size_slider("M (width)", WIDTH_OPTIONS, M)
-        self.dim = _size_slider("D (embedding dim.)", DIM_OPTIONS, D)
+        url = self.url_settings
+        self.depth = _size_slider("L (depth)", DEPTH_OPTIONS, url.get("L", L))
+        self.width = _size_slider("M (width)", WIDTH_OPTIONS, url.get("M", M))
+        self.dim = _size_slider("D (embedding dim.)", DIM_OPTIONS, url.get("D", D))
         self.steps = widgets.IntSlider(
             description="K (gradient steps)",
-            value=task.steps,
+            value=url.get("K", task.steps),
             min=1,
-            max=60,
+            max=MAX_STEPS,
             continuous_update=False,
             style=DESCRIPTION_STYLE,
             layout=CONTROL_LAYOUT,
         )
         self.learning_rate = widgets.FloatText(
-            description="learning rate η", value=task.learning_rate, style=DESCRIPTION_STYLE
+            description="learning rate η", value=url.get("lr", task.learning_rate), style=DESCRIPTION_STYLE
         )
         self.alpha = widgets.FloatText(
-            description="α (residual scale)", value=task.alpha, style=DESCRIPTION_STYLE
+            description="α (residual scale)", value=url.get("alpha", task.alpha), style=DESCRIPTION_STYLE
         )
         self.activation = widgets.Dropdown(
-            description="activation", options=ACTIVATIONS, value=task.activation, style=DESCRIPTION_STYLE
+            description="activation",
+            options=ACTIVATIONS,
+            value=url.get("activation", task.activation),
+            style=DESCRIPTION_STYLE,
         )
-        self.seed = widgets.IntText(description="seed", value=0, style=DESCRIPTION_STYLE)
+        self.seed = widgets.IntText(description="seed", value=url.get("seed", 0), style=DESCRIPTION_STYLE)
         self.auto_run = widgets.Checkbox(
-            description="run when a control changes", value=auto_run, indent=False
+            description="run when a control changes", value=url.get("auto_run", auto_run), indent=False
         )
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
@@ -208,6 +244,7 @@ class ExplorerApp:
         self.clear_button.on_click(lambda _: self.clear_runs())
         for control in self.run_controls:
             control.observe(self._on_control_change, names="value")
+        self.auto_run.observe(lambda _: self._update_link_and_code(), names="value")
 
     @property
     def run_controls(self) -> tuple[widgets.ValueWidget, ...]:
@@ -242,6 +279,14 @@ class ExplorerApp:
         self.error_chart.add_class("explorer-error-chart")
         self.law_chart = alt.JupyterChart(charts.law_chart(charts.law_frame([])))
         self.law_chart.add_class("explorer-law-chart")
+        self.error_downloads = ChartDownloads("explorer-errors")
+        self.law_downloads = ChartDownloads("explorer-law")
+
+        self.link = widgets.HTML(value="")
+        self.code = widgets.HTML(value="")
+        # Messages about the link's settings stay while runs replace the message above the charts.
+        self.url_message = widgets.HTML(value=message_html(self.url_settings.message_text(), "warning"))
+        self.url_message.add_class("explorer-url-message")
 
     def _layout(self) -> widgets.Widget:
         controls = widgets.VBox(
@@ -257,8 +302,16 @@ class ExplorerApp:
         )
         top = widgets.HBox([controls, self.summary], layout=widgets.Layout(flex_flow="row wrap"))
         progress = widgets.HBox([self.progress, self.status])
-        chart_row = widgets.HBox([self.error_chart, self.law_chart], layout=widgets.Layout(flex_flow="row wrap"))
-        return widgets.VBox([top, progress, self.message, self.last_run, chart_row])
+        chart_row = widgets.HBox(
+            [
+                widgets.VBox([self.error_chart, self.error_downloads.widget]),
+                widgets.VBox([self.law_chart, self.law_downloads.widget]),
+            ],
+            layout=widgets.Layout(flex_flow="row wrap"),
+        )
+        return widgets.VBox(
+            [top, progress, self.url_message, self.message, self.last_run, chart_row, self.link, self.code]
+        )
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
@@ -280,9 +333,35 @@ class ExplorerApp:
             dtype="float32",
         )
 
+    def query_string(self) -> str:
+        """Return the query string (leading "?") that opens the app with the current settings."""
+        config = self.config()
+        values = {
+            "task": config.task,
+            "L": config.L,
+            "M": config.M,
+            "D": config.D,
+            "K": config.K,
+            "lr": config.learning_rate,
+            "alpha": config.alpha,
+            "activation": config.activation,
+            "seed": config.seed,
+            "auto_run": self.auto_run.value,
+        }
+        return url_state.format_query(values, URL_FIELDS)
+
+    def code_text(self) -> str:
+        """Return library code that reproduces a run of the current settings as ``result``."""
+        return comparison_code(self.config(), self.limit_settings)
+
+    def _update_link_and_code(self) -> None:
+        self.link.value = url_state.link_html(self.query_string(), "explorer-link")
+        self.code.value = code_html(self.code_text(), "explorer-code")
+
     def _on_control_change(self, change) -> None:
         if change["owner"] in (self.depth, self.width, self.dim):
             self._update_summary()
+        self._update_link_and_code()
         if self.auto_run.value:
             self.start_run()
 
@@ -500,6 +579,7 @@ class ExplorerApp:
             self._show_message(f"The run failed: {outcome.message}")
         self.last_run.value = f"<b>Last run:</b> {html.escape(text)}"
         self._update_error_chart(comparison, outcome.status)
+        self.error_downloads.update(self.error_chart.chart)
 
     def _show_limit_divergence(self, comparison: Comparison) -> None:
         if comparison.limit_diverged_at:
@@ -559,6 +639,7 @@ class ExplorerApp:
     def _update_law_chart(self) -> None:
         points = [point for run in self.law_points.values() for point in run]
         self.law_chart.chart = charts.law_chart(charts.law_frame(points))
+        self.law_downloads.update(self.law_chart.chart)
 
     def clear_runs(self) -> None:
         """Remove every completed run from the law chart."""
