@@ -1,5 +1,7 @@
 """The MLU Transformer against a literal NumPy reference, its per-head update scale, training and its limit."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +9,9 @@ import pytest
 from flax import nnx
 
 import reference_transformer
-from resnet_limits import limits, metrics
-from resnet_limits.config import LimitSettings, jax_dtype
+from resnet_limits import cli, limits, metrics
+from resnet_limits.config import ConfigError, LimitSettings, RunConfig, jax_dtype
+from resnet_limits.experiment import Comparison
 from resnet_limits.limits.transformer import simulate_transformer_limit
 from resnet_limits.models import MLUTransformer
 from resnet_limits.tasks import coupled_embeddings, get_task
@@ -298,3 +301,44 @@ def test_network_gap_to_limit_shrinks_with_heads():
 
     slope = np.polyfit(np.log(head_counts), np.log(gaps), 1)[0]
     assert -0.75 < slope < -0.35, (slope, gaps)
+
+
+# -- configuration, comparison and command line ---------------------------------------------------
+
+
+def test_config_rejects_task_of_other_arch():
+    with pytest.raises(ConfigError, match="set --arch transformer"):
+        RunConfig(task="seq-tanh").resolved()
+    with pytest.raises(ConfigError, match="choose a sequence task: seq-tanh"):
+        RunConfig(task="paper-tanh", arch="transformer").resolved()
+    with pytest.raises(ConfigError, match="unknown arch 'gpt'"):
+        RunConfig(task="seq-tanh", arch="gpt").resolved()
+    with pytest.raises(ConfigError, match="set --heads to 1 or more"):
+        RunConfig(task="seq-tanh", arch="transformer", H=0).resolved()
+
+
+def test_comparison_runs_transformer():
+    config = RunConfig(task="seq-tanh", arch="transformer", L=2, H=4, M=4, D=8, K=2)
+    comparison = Comparison(config, LimitSettings(2, 64), cache=None).run()
+    result = comparison.to_dict()
+
+    assert isinstance(comparison.model, MLUTransformer)
+    assert result["status"] == "completed"
+    assert result["arch"] == "transformer"
+    assert result["shape"] == {"L": 2, "M": 4, "D": 8, "H": 4, "key_dim": 2, "value_dim": 2}
+    assert len(result["steps"]) == 3
+    # At step 0 both limits are at rest, so a network differs from them by its own fluctuation.
+    for column in ("embedding_error_mean_ode", "embedding_error_limit", "output_error_mean_ode"):
+        assert 0 < result["steps"][0][column] < 10, column
+
+
+def test_cli_trains_transformer(capsys):
+    status = cli.main(
+        ["train", "--arch", "transformer", "--heads", "4", "-L", "2", "-M", "4", "-D", "8", "-K", "2",
+         "--limit-depth", "2", "--limit-particles", "64", "--json"]
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert result["task"] == "seq-tanh"
+    assert result["shape"]["H"] == 4
+    assert len(result["steps"]) == 3
