@@ -1,12 +1,15 @@
 """The MLU Transformer against a literal NumPy reference, its per-head update scale, training and its limit."""
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import nbformat
 import pytest
 from flax import nnx
+from nbclient import NotebookClient
 
 import reference_transformer
 from resnet_limits import cli, limits, metrics
@@ -16,8 +19,11 @@ from resnet_limits.limits.transformer import simulate_transformer_limit
 from resnet_limits.models import MLUTransformer
 from resnet_limits.tasks import coupled_embeddings, get_task
 from resnet_limits.training import mean_squared_loss, train, training_steps
+from resnet_limits_widgets import TransformerExplorerApp
 
 jax_dtype("float64")
+
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 
 RTOL = 1e-10
 ATOL = 1e-12
@@ -342,3 +348,44 @@ def test_cli_trains_transformer(capsys):
     assert result["task"] == "seq-tanh"
     assert result["shape"]["H"] == 4
     assert len(result["steps"]) == 3
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+
+def test_app_runs_transformer():
+    app = TransformerExplorerApp(auto_run=False, compilation_cache=False, use_worker=False)
+    app.steps.value = 2
+    app.width.value = 4
+
+    config = app.config()
+    assert (config.arch, config.task, config.H, config.M) == ("transformer", "seq-tanh", 4, 4)
+    outcome = app.run_blocking()
+    assert outcome.status == "completed"
+    assert isinstance(app.comparison.model, MLUTransformer)
+    assert [row["step"] for row in app.comparison.rows] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_notebook_executes_and_slider_reruns():
+    notebook = nbformat.read(REPOSITORY / "notebooks" / "transformer.ipynb", as_version=4)
+    nbformat.validate(notebook)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == []
+    notebook.cells.append(
+        nbformat.v4.new_code_cell(
+            """outcome = await app.wait()
+assert outcome.status == "completed", outcome
+assert app.comparison.config.arch == "transformer"
+app.width.value = 8
+outcome = await app.wait()
+assert outcome.status == "completed", outcome
+assert app.comparison.config.H == app.comparison.config.M == 8
+app.close()"""
+        )
+    )
+    client = NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPOSITORY / "notebooks")}}
+    )
+    client.execute()

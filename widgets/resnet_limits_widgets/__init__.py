@@ -2,5 +2,6 @@
 
 from resnet_limits_widgets.coordinates import CoordinateView
 from resnet_limits_widgets.explorer import ExplorerApp
+from resnet_limits_widgets.transformer import TransformerExplorerApp
 
-__all__ = ["CoordinateView", "ExplorerApp"]
+__all__ = ["CoordinateView", "ExplorerApp", "TransformerExplorerApp"]
