@@ -20,7 +20,6 @@ import numpy as np
 from flax import nnx
 
 
-
 # A run counts as diverged once its loss exceeds this factor times the larger of its initial loss
 # and the loss of the zero output, even while the numbers are still finite. A loss a millionfold
 # above both has left the regime that the limits describe, whether it grew there or started there.
@@ -72,7 +71,7 @@ class Trajectory:
 def mean_squared_loss(f_DoutxN: jax.Array, y_DoutxN: jax.Array, loss_scale: float) -> jax.Array:
     """Return J = c / (2 N) sum_n ||f_n - y_n||^2.
 
-    For sequences (d_out x N x T) f_n and y_n hold all T tokens of sample n, so the squared error
+    For sequences (d_out x N x T) f_n and y_n contain all T tokens of sample n, so the squared error
     is summed over tokens and averaged over samples.
     """
     num_samples = y_DoutxN.shape[1]

@@ -28,7 +28,9 @@ W_O,j O_j back, just as a perceptron unit reads u^T h / D and writes v sigma(p):
   arguments, as sigma is.
 * Outer weights and branch scale: W_O,j O_j has O(sqrt(D)) entries, as v sigma(p) has, and the
   branch is scaled by alpha / (L H), as the perceptron branch by alpha / (L M). Each head thus
-  adds O(1 / (L H)) times a unit-scale vector, and the H heads of a block average like units.
+  contributes O(1 / (L H)) to every projection w^T h / D that later blocks read, and the H
+  heads of a block average like units. In unit-variance terms the residual scale is
+  alpha sqrt(D) / (L H), as alpha sqrt(D) / (L M) for the perceptron block.
 * Learning rate: the raw step of every attention weight is eta L H D / alpha^2 and that of every
   perceptron weight eta L M D / alpha^2. A head's gradient carries the factor alpha / (L H D)
   (branch scale times the metric), so its update is (eta / alpha) times O(1) sums over tokens
