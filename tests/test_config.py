@@ -71,7 +71,7 @@ def test_resolved_keeps_given_values():
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"task": "mnist"}, "unknown task 'mnist'; choose one of: paper-linear, paper-tanh"),
+        ({"task": "mnist"}, "unknown task 'mnist'; choose one of: paper-linear, paper-tanh, seq-tanh"),
         ({"activation": "relu"}, "unknown activation 'relu'; choose one of: tanh, identity"),
         ({"dtype": "float16"}, "unknown dtype 'float16'; choose one of: float32, float64"),
         ({"seed": -1}, "seed must be an integer from 0 to 4294967295, got -1; set --seed in that range"),

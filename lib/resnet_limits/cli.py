@@ -13,6 +13,7 @@ import time
 from resnet_limits import __version__, cli_sweeps
 from resnet_limits.config import (
     ACTIVATIONS,
+    ARCHITECTURES,
     DEFAULT_MEMORY_BUDGET_BYTES,
     DTYPES,
     ConfigError,
@@ -32,7 +33,15 @@ EXIT_TOLERANCE = 4
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="paper-tanh", choices=sorted(TASKS), help="task (default: paper-tanh)")
+    parser.add_argument("--task", default=None, choices=sorted(TASKS),
+                        help="task (default: paper-tanh, or seq-tanh with --arch transformer)")
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="resnet",
+                        help="network: perceptron blocks (resnet), or attention and perceptron blocks on token "
+                             "sequences (transformer) (default resnet)")
+    parser.add_argument("--key-dim", type=int, default=RunConfig.key_dim,
+                        help=f"key-query dimension d_k of every head, with --arch transformer (default {RunConfig.key_dim})")
+    parser.add_argument("--value-dim", type=int, default=RunConfig.value_dim,
+                        help=f"value dimension d_v of every head, with --arch transformer (default {RunConfig.value_dim})")
     parser.add_argument("--steps", "-K", type=int, default=None, help="gradient steps K (default: the task's, 15)")
     parser.add_argument("--lr", type=float, default=None,
                         help="learning rate eta (default: the task's, 1 for paper-tanh, 0.1 for paper-linear); "
@@ -64,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--depth", "-L", type=int, default=16, help="depth L, number of blocks (default 16)")
     train.add_argument("--width", "-M", type=int, default=64, help="hidden width M, units per block (default 64)")
     train.add_argument("--dim", "-D", type=int, default=64, help="embedding dimension D (default 64)")
+    train.add_argument("--heads", type=int, default=RunConfig.H,
+                       help=f"attention heads H per layer, with --arch transformer (default {RunConfig.H})")
     _add_common(train)
 
     limit = commands.add_parser(
@@ -137,9 +148,18 @@ class _ProgressLine:
 
 
 def _run_config(args, *, L: int, M: int, D: int) -> RunConfig:
-    """Return the RunConfig of the options shared by both commands, with the given shape."""
+    """Return the RunConfig of the options shared by both commands, with the given shape.
+
+    ``--heads`` exists only on ``train``; the ``limit`` command takes the default H, which its
+    limit does not depend on.
+    """
+    arch = args.arch
+    if args.task is not None:
+        task = args.task
+    else:
+        task = "seq-tanh" if arch == "transformer" else "paper-tanh"
     return RunConfig(
-        task=args.task,
+        task=task,
         L=L,
         M=M,
         D=D,
@@ -149,6 +169,10 @@ def _run_config(args, *, L: int, M: int, D: int) -> RunConfig:
         activation=args.activation,
         seed=args.seed,
         dtype=args.dtype,
+        arch=arch,
+        H=getattr(args, "heads", RunConfig.H),
+        key_dim=args.key_dim,
+        value_dim=args.value_dim,
     )
 
 
@@ -208,20 +232,43 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
     estimate = None
     status = "completed"
     try:
-        estimate = estimate_limit(
-            problem,
-            task,
-            limit_settings,
-            tol=tol,
-            steps=base.K,
-            learning_rate=base.learning_rate,
-            alpha=base.alpha,
-            activation=base.activation,
-            dtype=base.dtype,
-            on_level=start_attempt,
-            on_level_done=finish_level,
-        )
-        trajectory = estimate.trajectory
+        if base.arch == "transformer":
+            # One plain simulation: the Transformer limit has no extrapolation and no error estimate.
+            if tol is not None:
+                raise ConfigError("--tol needs the extrapolated perceptron limit; drop --tol with --arch transformer")
+            check_memory(base, task.num_samples, limit_settings, task.span_dim, budget, num_tokens=task.num_tokens)
+            progress.update(f"{problem.kind} L'={limit_settings.depth_points} M'={limit_settings.particles}", 0, 1,
+                            unit="attempts")
+            trajectory = limits.simulate_transformer_limit(
+                problem,
+                task,
+                limit_settings,
+                steps=base.K,
+                learning_rate=base.learning_rate,
+                alpha=base.alpha,
+                activation=base.activation,
+                key_dim=base.key_dim,
+                value_dim=base.value_dim,
+                dtype=base.dtype,
+            )
+            finish_level(limit_settings.depth_points, trajectory)
+            progress.update(f"{problem.kind} L'={limit_settings.depth_points} M'={limit_settings.particles}", 1, 1,
+                            unit="attempts")
+        else:
+            estimate = estimate_limit(
+                problem,
+                task,
+                limit_settings,
+                tol=tol,
+                steps=base.K,
+                learning_rate=base.learning_rate,
+                alpha=base.alpha,
+                activation=base.activation,
+                dtype=base.dtype,
+                on_level=start_attempt,
+                on_level_done=finish_level,
+            )
+            trajectory = estimate.trajectory
     except ToleranceNotReached as error:
         print(f"\nresnet-limits: {error}", file=sys.stderr)
         status = "tolerance not reached"
@@ -243,6 +290,7 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
 
     result = {
         "kind": problem.kind,
+        "arch": base.arch,
         "task": task.name,
         "dim": args.dim,
         "seed": base.seed if args.dim is not None else None,
@@ -261,7 +309,9 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
         "error_estimate": None if estimate is None else estimate.error_estimate,
         "relative_error_estimate": None if estimate is None else estimate.relative_error_estimate,
         "depth_points": list(estimate.depth_points) if estimate is not None else [d for d, _ in finished_levels],
-        "particles": None if estimate is None else estimate.particles,
+        "particles": estimate.particles if estimate is not None else (
+            limit_settings.particles if base.arch == "transformer" else None
+        ),
         "steps": steps,
     }
     if args.json:
@@ -291,7 +341,8 @@ def _format(value) -> str:
 
 def _print_train_table(result: dict) -> None:
     shape, bound = result["shape"], result["bound"]
-    print(f"task {result['task']}  L={shape['L']} M={shape['M']} D={shape['D']}  "
+    heads = f" H={shape['H']} d_k={shape['key_dim']} d_v={shape['value_dim']}" if "H" in shape else ""
+    print(f"task {result['task']}  L={shape['L']} M={shape['M']} D={shape['D']}{heads}  "
           f"P={result['num_parameters']}  status {result['status']}")
     print(f"bound terms: 1/L = {bound['depth']:.4g}, sqrt(D/(L M)) = {bound['width']:.4g}, "
           f"1/sqrt(D) = {bound['embedding']:.4g}")
@@ -313,9 +364,10 @@ def _print_limit_table(result: dict) -> None:
     print(f"depth points L': {levels}; particles M': {result['particles']}; "
           f"estimated RMS error of f: {_format(result['error_estimate'])} "
           f"(relative to y: {_format(result['relative_error_estimate'])})")
-    print(f"{'step':>4} {'loss':>11}  output (first sample)")
+    sequence = result.get("arch") == "transformer"
+    print(f"{'step':>4} {'loss':>11}  output (first sample{', first token' if sequence else ''})")
     for row in result["steps"]:
-        first = [column[0] for column in row["output"]]
+        first = [column[0][0] if sequence else column[0] for column in row["output"]]
         print(f"{row['step']:>4} {_format(row['loss']):>11}  " + " ".join(f"{v:+.4f}" for v in first))
 
 

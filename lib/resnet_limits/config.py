@@ -13,6 +13,10 @@ from resnet_limits.tasks import ACTIVATIONS, TASKS, get_task
 
 DTYPES = ("float32", "float64")
 
+# Network architectures: "resnet" (MLUResNet, tasks of single vectors) and "transformer"
+# (MLUTransformer, sequence tasks).
+ARCHITECTURES = ("resnet", "transformer")
+
 # Default cap on the estimated memory of one run. It keeps a run inside a small Binder session.
 DEFAULT_MEMORY_BUDGET_BYTES = 2 * 2**30
 
@@ -62,13 +66,20 @@ class RunConfig:
     activation: str | None = None  # "tanh" or "identity"
     seed: int = 0  # draws the embeddings and the unit weights
     dtype: str = "float32"
+    arch: str = "resnet"  # "resnet" or "transformer"
+    H: int = 8  # attention heads per layer (transformer only)
+    key_dim: int = 2  # d_k, key-query dimension of every head (transformer only)
+    value_dim: int = 2  # d_v, value dimension of every head (transformer only)
 
     def resolved(self) -> RunConfig:
         """Return a copy with the task defaults filled in, after validating every field."""
         if self.task not in TASKS:
             known = ", ".join(sorted(TASKS))
             raise ConfigError(f"unknown task {self.task!r}; choose one of: {known}")
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"unknown arch {self.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
         task = get_task(self.task)
+        check_task_fits_arch(task, self.arch)
         config = dataclasses.replace(
             self,
             K=task.steps if self.K is None else self.K,
@@ -87,12 +98,18 @@ class RunConfig:
             learning_rate=float(config.learning_rate),
             alpha=float(config.alpha),
             seed=int(config.seed),
+            H=int(config.H),
+            key_dim=int(config.key_dim),
+            value_dim=int(config.value_dim),
         )
 
     def _validate(self) -> None:
         check_positive_int("L", self.L, "--depth")
         check_positive_int("M", self.M, "--width")
         check_positive_int("D", self.D, "--dim")
+        check_positive_int("H", self.H, "--heads")
+        check_positive_int("key_dim", self.key_dim, "--key-dim")
+        check_positive_int("value_dim", self.value_dim, "--value-dim")
         check_positive_int("K", self.K, "--steps")
         check_positive_float("learning_rate", self.learning_rate, "--lr")
         check_positive_float("alpha", self.alpha, "--alpha")
@@ -108,6 +125,21 @@ class RunConfig:
     def num_parameters(self) -> int:
         """P = L M D, the parameter count that the bound is stated in."""
         return self.L * self.M * self.D
+
+
+def check_task_fits_arch(task, arch: str) -> None:
+    """Raise ConfigError unless ``arch`` takes the inputs of ``task``: sequences exactly for "transformer"."""
+    sequence_tasks = ", ".join(sorted(name for name in TASKS if get_task(name).num_tokens is not None))
+    if arch == "transformer" and task.num_tokens is None:
+        raise ConfigError(
+            f"task {task.name!r} has no token axis, which arch 'transformer' needs; "
+            f"choose a sequence task: {sequence_tasks}"
+        )
+    if arch == "resnet" and task.num_tokens is not None:
+        raise ConfigError(
+            f"task {task.name!r} is a sequence task, which arch 'resnet' does not take; "
+            "set --arch transformer on the train or limit command, or choose another task. Sweeps train ResNets only"
+        )
 
 
 # jax.random.key takes seeds below 2^32 without folding distinct seeds onto one key.
@@ -156,20 +188,49 @@ def estimate_training_bytes(L: int, M: int, D: int, N: int, K: int, dtype: str) 
     return bytes_per_float(dtype) * floats
 
 
+def estimate_transformer_bytes(
+    L: int, H: int, M: int, D: int, N: int, T: int, key_dim: int, value_dim: int, K: int, dtype: str
+) -> int:
+    """Estimate the peak memory of training an MLUTransformer, in bytes.
+
+    Counts six copies of the weights, as ``estimate_training_bytes`` does, and per layer the
+    activations of N T tokens: the stream, the perceptron pre-activations, and per head the
+    queries, keys, values, outputs and the T x T logits and attention weights. Adds the stored
+    trajectory of H_L over K + 1 steps.
+    """
+    weights = L * D * (2 * M + H * (2 * key_dim + 2 * value_dim))
+    per_layer = N * T * (2 * D + 2 * M + H * (2 * key_dim + 2 * value_dim + 2 * T))
+    floats = 6 * weights + L * per_layer + (K + 1) * D * N * T
+    return bytes_per_float(dtype) * floats
+
+
 def check_memory(
     config: RunConfig,
     num_samples: int,
     limit: LimitSettings,
     span_dim: int,
     budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    num_tokens: int | None = None,
 ) -> int:
-    """Return the memory estimate of a run with its limits; raise MemoryBudgetError above the budget."""
-    training = estimate_training_bytes(
-        config.L, config.M, config.D, num_samples, config.K, config.dtype
-    )
-    simulator = estimate_training_bytes(
-        limit.depth_points, limit.particles, span_dim, num_samples, config.K, config.dtype
-    )
+    """Return the memory estimate of a run with its limits; raise MemoryBudgetError above the budget.
+
+    ``num_tokens`` is the T of a sequence task, which a Transformer run needs.
+    """
+    if config.arch == "transformer":
+        tokens = 1 if num_tokens is None else num_tokens
+        shape = dict(N=num_samples, T=tokens, key_dim=config.key_dim, value_dim=config.value_dim, K=config.K,
+                     dtype=config.dtype)
+        training = estimate_transformer_bytes(config.L, config.H, config.M, config.D, **shape)
+        simulator = estimate_transformer_bytes(
+            limit.depth_points, limit.particles, limit.particles, span_dim, **shape
+        )
+    else:
+        training = estimate_training_bytes(
+            config.L, config.M, config.D, num_samples, config.K, config.dtype
+        )
+        simulator = estimate_training_bytes(
+            limit.depth_points, limit.particles, span_dim, num_samples, config.K, config.dtype
+        )
     estimate = max(training, simulator)
     if estimate > budget_bytes:
         raise MemoryBudgetError(

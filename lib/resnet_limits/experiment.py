@@ -8,6 +8,10 @@ report progress, stay responsive and stop early. Rows computed before a stop are
 Each limit is the Richardson-extrapolated estimate of ``limits.estimate_limit`` (three coupled
 levels L', 2 L', 4 L' in two replicas, with ``limit_settings`` giving the coarsest L' and M'), so
 every comparison carries an estimate of its references' own error in ``limit_estimates``.
+
+With ``RunConfig.arch == "transformer"`` the network is an ``MLUTransformer`` and each limit is
+one plain particle simulation of ``limits.transformer`` (L' layers of M' heads and units), with
+no extrapolation, no error estimate and no cache.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from resnet_limits.config import (
     jax_dtype,
 )
 from resnet_limits.limits.extrapolation import LEVELS, LimitEstimate, check_particles, estimate_limit_events
-from resnet_limits.models import MLUResNet
+from resnet_limits.limits.transformer import simulate_transformer_limit
+from resnet_limits.models import MLUResNet, MLUTransformer
 from resnet_limits.tasks import Task, coupled_embeddings, get_task
 from resnet_limits.training import StepRecord, Trajectory, training_steps
 
@@ -208,8 +213,10 @@ class Comparison:
             self.limit_settings,
             self.task.span_dim,
             memory_budget_bytes,
+            num_tokens=self.task.num_tokens,
         )
-        check_particles(self.limit_settings, self.task.span_dim)
+        if self.config.arch == "resnet":
+            check_particles(self.limit_settings, self.task.span_dim)
         self.cache = cache
         self.rows: list[dict] = []
         self.diverged_at: int | None = None  # step at which the network's training diverged
@@ -218,7 +225,7 @@ class Comparison:
         self.completed = False
         # The network, set when training starts. Between two events its parameters are those of
         # step ``model_step``.
-        self.model: MLUResNet | None = None
+        self.model: MLUResNet | MLUTransformer | None = None
         self.model_step: int | None = None
         # Per limit kind, the span problem and the basis (D x k) that maps its coefficients to R^D.
         self.span_problems: dict[str, tuple[limits.SpanProblem, np.ndarray]] = {}
@@ -246,16 +253,20 @@ class Comparison:
 
         references = {}
         for stage, problem in ((STAGE_LIMIT, large_problem), (STAGE_MEAN_ODE, fixed_problem)):
-            estimate = None
-            for item in self._limit_estimate(problem):
-                if isinstance(item, LimitEstimate):
-                    estimate = item
-                else:
-                    done += 1
-                    yield Progress(stage, done, total)
-            done = (len(references) + 1) * LIMIT_UNITS
-            trajectory = references[stage] = estimate.trajectory
-            self.limit_estimates[problem.kind] = estimate
+            if config.arch == "transformer":
+                trajectory = references[stage] = self._transformer_limit(problem)
+                yield Progress(stage, len(references) * LIMIT_UNITS, total)
+            else:
+                estimate = None
+                for item in self._limit_estimate(problem):
+                    if isinstance(item, LimitEstimate):
+                        estimate = item
+                    else:
+                        done += 1
+                        yield Progress(stage, done, total)
+                trajectory = references[stage] = estimate.trajectory
+                self.limit_estimates[problem.kind] = estimate
+            done = len(references) * LIMIT_UNITS
             if trajectory.diverged_at is not None:
                 self.limit_diverged_at[problem.kind] = trajectory.diverged_at
 
@@ -264,15 +275,29 @@ class Comparison:
         limit_f = references[STAGE_LIMIT].f_KxDoutxN
         mean_ode_f = references[STAGE_MEAN_ODE].f_KxDoutxN
 
-        model = MLUResNet(
-            w_embed,
-            w_unembed,
-            depth=config.L,
-            width=config.M,
-            key=key_units,
-            alpha=config.alpha,
-            activation=config.activation,
-        )
+        if config.arch == "transformer":
+            model = MLUTransformer(
+                w_embed,
+                w_unembed,
+                depth=config.L,
+                heads=config.H,
+                width=config.M,
+                key_dim=config.key_dim,
+                value_dim=config.value_dim,
+                key=key_units,
+                alpha=config.alpha,
+                activation=config.activation,
+            )
+        else:
+            model = MLUResNet(
+                w_embed,
+                w_unembed,
+                depth=config.L,
+                width=config.M,
+                key=key_units,
+                alpha=config.alpha,
+                activation=config.activation,
+            )
         self.model = model
         for record in training_steps(
             model,
@@ -299,6 +324,22 @@ class Comparison:
             if on_progress is not None:
                 on_progress(progress)
         return self
+
+    def _transformer_limit(self, problem: limits.SpanProblem) -> Trajectory:
+        """Simulate the Transformer limit of ``problem`` once, at the limit settings."""
+        config = self.config
+        return simulate_transformer_limit(
+            problem,
+            self.task,
+            self.limit_settings,
+            steps=config.K,
+            learning_rate=config.learning_rate,
+            alpha=config.alpha,
+            activation=config.activation,
+            key_dim=config.key_dim,
+            value_dim=config.value_dim,
+            dtype=config.dtype,
+        )
 
     def _limit_estimate(self, problem: limits.SpanProblem):
         """Yield a marker per simulated level, then the estimate (cached by its inputs)."""
@@ -348,6 +389,8 @@ class Comparison:
         return "completed" if self.completed else "interrupted"
 
     def bound_terms(self) -> dict[str, float]:
+        # NOTE: for a Transformer these are the terms of its perceptron blocks (L, M, D). The
+        # attention term sqrt(D / (L H)) is not included, and neither are the heads in P = L M D.
         return bounds.bound_terms(self.config.L, self.config.M, self.config.D)
 
     def predicted_errors(self) -> dict[str, float]:
@@ -361,8 +404,12 @@ class Comparison:
     def to_dict(self) -> dict:
         """Return the run as plain JSON-ready data."""
         config = self.config
+        shape = {"L": config.L, "M": config.M, "D": config.D}
+        if config.arch == "transformer":
+            shape.update(H=config.H, key_dim=config.key_dim, value_dim=config.value_dim)
         return {
-            "shape": {"L": config.L, "M": config.M, "D": config.D},
+            "shape": shape,
+            "arch": config.arch,
             "task": config.task,
             "settings": {
                 "K": config.K,

@@ -9,6 +9,16 @@ Sizes" (arXiv 2603.18168):
 * ``paper-linear``: d_in = d_out = 3, one sample with fixed x and y, s_E = s_U = 1, identity
   units, c = 1, learning rate 0.1, K = 15 steps.
 
+One sequence task, for ``MLUTransformer``, carries the same scales over to tokens:
+
+* ``seq-tanh``: d_in = d_out = 3, N = 4 samples of T = 4 tokens, inputs and targets i.i.d.
+  standard Gaussian per token, s_E^2 = 1/d_in, s_U^2 = d_out, tanh units, c = 1/d_out,
+  learning rate 0.1, K = 10 steps. The value path of a head has no saturating nonlinearity,
+  and at learning rate 1 training diverged within two steps at L = 8, D = 16 for 8, 64 and
+  512 heads and units, so the default is 0.1.
+
+Inputs and targets of a sequence task have a token axis after the sample axis (d x N x T).
+
 Embeddings are coupled across sizes: one pair of root matrices is drawn per seed, and a model of
 dimension D takes their first D rows. Rows are drawn in blocks keyed by the block index, so the
 root matrices need no maximum size.
@@ -33,8 +43,8 @@ class Task:
     """A regression task and the training settings that go with it."""
 
     name: str
-    x_DinxN: np.ndarray  # inputs, one column per sample
-    y_DoutxN: np.ndarray  # targets, one column per sample
+    x_DinxN: np.ndarray  # inputs, one column per sample (d_in x N x T for a sequence task)
+    y_DoutxN: np.ndarray  # targets, one column per sample (d_out x N x T for a sequence task)
     embedding_std: float  # s_E, the standard deviation of the entries of W_E
     unembedding_std: float  # s_U, the standard deviation of the entries of W_U
     loss_scale: float  # c in J = c / (2 N) sum_n ||f_n - y_n||^2
@@ -54,6 +64,11 @@ class Task:
     @property
     def num_samples(self) -> int:
         return self.x_DinxN.shape[1]
+
+    @property
+    def num_tokens(self) -> int | None:
+        """T, the tokens per sample of a sequence task; None for a task of single vectors."""
+        return self.x_DinxN.shape[2] if self.x_DinxN.ndim == 3 else None
 
     @property
     def span_dim(self) -> int:
@@ -99,7 +114,24 @@ def paper_linear(data_seed: int = 0) -> Task:
     )
 
 
-TASKS = {"paper-tanh": paper_tanh, "paper-linear": paper_linear}
+def seq_tanh(data_seed: int = 0) -> Task:
+    """Return the sequence pure-noise task: 4 samples of 4 Gaussian tokens, 3 inputs, 3 outputs."""
+    d_in, d_out, num_samples, num_tokens = 3, 3, 4, 4
+    rng = np.random.default_rng(data_seed)
+    return Task(
+        name="seq-tanh",
+        x_DinxN=rng.standard_normal((d_in, num_samples, num_tokens)),
+        y_DoutxN=rng.standard_normal((d_out, num_samples, num_tokens)),
+        embedding_std=float(np.sqrt(1.0 / d_in)),
+        unembedding_std=float(np.sqrt(d_out)),
+        loss_scale=1.0 / d_out,
+        activation="tanh",
+        learning_rate=0.1,
+        steps=10,
+    )
+
+
+TASKS = {"paper-tanh": paper_tanh, "paper-linear": paper_linear, "seq-tanh": seq_tanh}
 
 
 def get_task(name: str, data_seed: int = 0) -> Task:

@@ -12,14 +12,12 @@ Step k is the forward pass after k updates; step 0 is the initialisation.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
-from resnet_limits.models import MLUResNet
 
 
 # A run counts as diverged once its loss exceeds this factor times the larger of its initial loss
@@ -71,7 +69,11 @@ class Trajectory:
 
 
 def mean_squared_loss(f_DoutxN: jax.Array, y_DoutxN: jax.Array, loss_scale: float) -> jax.Array:
-    """Return J = c / (2 N) sum_n ||f_n - y_n||^2."""
+    """Return J = c / (2 N) sum_n ||f_n - y_n||^2.
+
+    For sequences (d_out x N x T) f_n and y_n contain all T tokens of sample n, so the squared error
+    is summed over tokens and averaged over samples.
+    """
     num_samples = y_DoutxN.shape[1]
     return loss_scale / (2 * num_samples) * jnp.sum((f_DoutxN - y_DoutxN) ** 2)
 
@@ -95,9 +97,27 @@ class DivergenceCheck:
         return diverged
 
 
+def raw_learning_rates(model: nnx.Module, params: nnx.State, learning_rate: float, dtype) -> nnx.State:
+    """Return the raw step of every parameter: eta times the model's learning-rate multiplier.
+
+    ``model.learning_rate_multiplier()`` returns one factor for all parameters, or a mapping from
+    parameter name to factor when parameter groups scale differently (``MLUTransformer``).
+    """
+    multiplier = model.learning_rate_multiplier()
+
+    def rate(path, _):
+        factor = multiplier[path[0].key] if isinstance(multiplier, Mapping) else multiplier
+        return jnp.asarray(learning_rate * factor, dtype)
+
+    return jax.tree_util.tree_map_with_path(rate, params)
+
+
 @jax.jit(static_argnums=0)
 def _gradient_step(graphdef, params, frozen, x_DinxN, y_DoutxN, loss_scale, raw_learning_rate):
-    """Return the loss, f and H_L at ``params`` and the parameters after one gradient step."""
+    """Return the loss, f and H_L at ``params`` and the parameters after one gradient step.
+
+    ``raw_learning_rate`` contains one scalar step per parameter, in the structure of ``params``.
+    """
 
     def loss_fn(trainable):
         model = nnx.merge(graphdef, trainable, frozen)
@@ -105,12 +125,12 @@ def _gradient_step(graphdef, params, frozen, x_DinxN, y_DoutxN, loss_scale, raw_
         return mean_squared_loss(f_DoutxN, y_DoutxN, loss_scale), (f_DoutxN, h_DxN)
 
     (loss, (f_DoutxN, h_DxN)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    new_params = jax.tree.map(lambda p, g: p - raw_learning_rate * g, params, grads)
+    new_params = jax.tree.map(lambda p, g, rate: p - rate * g, params, grads, raw_learning_rate)
     return new_params, loss, f_DoutxN, h_DxN
 
 
 def training_steps(
-    model: MLUResNet,
+    model: nnx.Module,
     x_DinxN,
     y_DoutxN,
     *,
@@ -120,14 +140,18 @@ def training_steps(
 ) -> Iterator[StepRecord]:
     """Train ``model`` in place for ``steps`` updates and yield the forward pass of each step 0..K.
 
+    ``model`` is any NNX module whose call maps the inputs to (f, H_L) and that has a
+    ``learning_rate_multiplier`` method, such as ``MLUResNet`` and ``MLUTransformer``. Inputs and
+    targets may carry a token axis after the sample axis (d x N x T).
+
     The iterator stops after the first diverged step, so a caller sees a diverged run as a last
     record with ``diverged`` True. The model then has the parameters of that step.
     """
     graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
-    dtype = model.u.dtype
+    dtype = jax.tree.leaves(params)[0].dtype
     x_DinxN = jnp.asarray(x_DinxN, dtype)
     y_DoutxN = jnp.asarray(y_DoutxN, dtype)
-    raw_learning_rate = jnp.asarray(learning_rate * model.learning_rate_multiplier(), dtype)
+    raw_learning_rate = raw_learning_rates(model, params, learning_rate, dtype)
     loss_scale = jnp.asarray(loss_scale, dtype)
 
     check_divergence = DivergenceCheck(y_DoutxN, loss_scale)
@@ -146,7 +170,7 @@ def training_steps(
         nnx.update(model, params)
 
 
-def train(model: MLUResNet, x_DinxN, y_DoutxN, **kwargs) -> Trajectory:
+def train(model: nnx.Module, x_DinxN, y_DoutxN, **kwargs) -> Trajectory:
     """Train ``model`` and return its trajectory; keyword arguments as for ``training_steps``."""
     records = []
     for record in training_steps(model, x_DinxN, y_DoutxN, **kwargs):

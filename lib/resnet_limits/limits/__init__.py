@@ -13,12 +13,18 @@ from resnet_limits.limits.mean_ode import (
     simulate_limit,
     to_stream,
 )
+from resnet_limits.limits.transformer import (
+    antithetic_heads,
+    simulate_transformer_limit,
+    transformer_particle_system,
+)
 
 __all__ = [
     "FIXED_DIM",
     "LARGE_DIM",
     "LinearLimitSolution",
     "SpanProblem",
+    "antithetic_heads",
     "exact_linear_limit",
     "fixed_dim_problem",
     "large_dim_basis",
@@ -26,5 +32,7 @@ __all__ = [
     "limit_steps",
     "particle_system",
     "simulate_limit",
+    "simulate_transformer_limit",
     "to_stream",
+    "transformer_particle_system",
 ]

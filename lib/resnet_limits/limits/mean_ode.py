@@ -205,5 +205,8 @@ def simulate_limit(problem: SpanProblem, task: Task, settings: LimitSettings, **
 
 
 def to_stream(a_TxKxN: np.ndarray, basis_DxK: np.ndarray) -> np.ndarray:
-    """Map coefficients a (T steps x k x N) to streams B a (T x D x N)."""
-    return np.einsum("dk,skn->sdn", basis_DxK, a_TxKxN)
+    """Map coefficients a (T steps x k x N) to streams B a (T x D x N).
+
+    Trailing axes after N, such as the tokens of a sequence task, are kept.
+    """
+    return np.einsum("dk,sk...->sd...", basis_DxK, a_TxKxN)
