@@ -3,7 +3,7 @@
 The last sections come from training_speed.py: gradient steps against the memory-traffic floor,
 and train_group against a plain NumPy trainer.
 
-    make bench            # or: .venv/bin/python benchmarks/run.py [--out FILE]
+    make bench            # or: .venv/bin/python benchmarks/run.py [--out FILE] [--only SECTION ...]
 
 Prints one JSON object per measurement and writes them all to benchmarks/out/results.json.
 Timings are wall-clock seconds on whatever machine runs the script; the results page
@@ -42,13 +42,18 @@ def _timed(function):
 
 
 def bench_comparisons(results: list) -> None:
-    cache = LimitCache()
-    for L, M, D in ((16, 64, 64), (16, 128, 64), (64, 256, 256), (50, 400, 100)):
-        cached_before = len(cache)
-        seconds, _ = _timed(lambda: Comparison(RunConfig(L=L, M=M, D=D), cache=cache).run())
-        results.append({"name": "comparison, paper-tanh, K=15", "L": L, "M": M, "D": D,
-                        "limits_computed": len(cache) - cached_before, "seconds": round(seconds, 3)})
-        print(json.dumps(results[-1]), flush=True)
+    """Time whole comparisons with the command line's limit settings and with the explorer's."""
+    for settings in (LimitSettings(), LimitSettings(32, 2048)):
+        cache = LimitCache()
+        for L, M, D in ((16, 64, 64), (16, 128, 64), (64, 256, 256), (50, 400, 100)):
+            cached_before = len(cache)
+            seconds, comparison = _timed(lambda: Comparison(RunConfig(L=L, M=M, D=D), settings, cache=cache).run())
+            estimate = comparison.limit_estimates["large-D"].relative_error_estimate
+            results.append({"name": "comparison, paper-tanh, K=15", "L": L, "M": M, "D": D,
+                            "limit_depth_points": settings.depth_points, "limit_particles": settings.particles,
+                            "limits_computed": len(cache) - cached_before, "seconds": round(seconds, 3),
+                            "large_dim_relative_error_estimate": float(f"{estimate:.2g}")})
+            print(json.dumps(results[-1]), flush=True)
 
 
 def bench_limits(results: list) -> None:
@@ -146,18 +151,31 @@ def bench_limit_accuracy(results: list) -> None:
     print(json.dumps(results[-1]), flush=True)
 
 
+def bench_numpy_comparisons(results: list) -> None:
+    for shape in NUMPY_COMPARISON_SHAPES:
+        bench_numpy_comparison(results, shape)
+
+
+SECTIONS = {
+    "accuracy": bench_limit_accuracy,
+    "comparisons": bench_comparisons,
+    "limits": bench_limits,
+    "steps": bench_training_step,
+    "floor": bench_traffic_floor,
+    "numpy": bench_numpy_comparisons,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "results.json"))
+    parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=None,
+                        help="run only these sections (default: all)")
     args = parser.parse_args()
     results: list = []
-    bench_limit_accuracy(results)
-    bench_comparisons(results)
-    bench_limits(results)
-    bench_training_step(results)
-    bench_traffic_floor(results)
-    for shape in NUMPY_COMPARISON_SHAPES:
-        bench_numpy_comparison(results, shape)
+    for name, section in SECTIONS.items():
+        if args.only is None or name in args.only:
+            section(results)
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
                "devices": [str(d) for d in jax.devices()]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
