@@ -23,7 +23,7 @@ def _load_benchmark():
     return module
 
 
-def test_five_concurrent_sessions_complete_their_runs():
+def test_five_sessions_complete_runs():
     result = _load_benchmark().run_load(sessions=5, timeout_s=400)
 
     assert len(result["pages"]) == 5

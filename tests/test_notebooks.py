@@ -271,7 +271,7 @@ def test_worker_cancel_stops_within_a_second(worker_app):
     assert f"cancelled at step {kept - 1} of 60" in worker_app.last_run.value
 
 
-def test_worker_death_is_reported_and_next_run_restarts_it(worker_app):
+def test_worker_death_reported_then_restarted(worker_app):
     worker_app.width.value = 1024  # 60 steps of this shape take several seconds
     worker_app.dim.value = 512
     worker_app.steps.value = 60
@@ -297,7 +297,7 @@ def test_worker_death_is_reported_and_next_run_restarts_it(worker_app):
     assert worker_app.message.value == ""
 
 
-def test_worker_failure_shows_the_error_in_the_page(worker_app):
+def test_worker_failure_shown_in_page(worker_app):
     # Settings that pass the kernel's checks, sent with a budget that the worker rejects.
     worker_app.prepare = lambda: Comparison(worker_app.config(), worker_app.limit_settings)
     worker_app.memory_budget_bytes = 1

@@ -29,7 +29,7 @@ def _run_request(run_id: int, config: RunConfig = CONFIG) -> str:
     )
 
 
-def test_serve_answers_runs_in_order_and_honours_an_early_cancel():
+def test_serve_orders_runs_and_early_cancel():
     requests = io.StringIO(
         _run_request(1)
         + _request("cancel", 2)
@@ -56,7 +56,7 @@ def test_serve_answers_runs_in_order_and_honours_an_early_cancel():
     assert set(finished["state"]["limit_error_estimate"]) == {"large-D", "fixed-D"}
 
 
-def test_worker_process_runs_and_ends_with_its_input():
+def test_worker_ends_with_its_input():
     worker = ComparisonWorker()
 
     async def run():
@@ -75,7 +75,7 @@ def test_worker_process_runs_and_ends_with_its_input():
     assert process.wait(timeout=10) == 0
 
 
-def test_limit_cache_directory_survives_a_new_cache(tmp_path):
+def test_limit_cache_directory_reloads(tmp_path):
     first = Comparison(CONFIG, SETTINGS, cache=LimitCache(directory=tmp_path)).run()
     assert len(list(tmp_path.glob("limit-*.npz"))) == 2
 

@@ -29,7 +29,7 @@ when the parent exits.
 
 Running the computation outside the kernel also avoids a fault seen in Voila kernels
 (ipykernel 7.4, jax 0.10.2): the first XLA compilation of a new shape there sometimes waited
-without end, while the same code in a plain Python process never did.
+without end. The same code in a plain Python process did not, in every run tried.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import queue
 import subprocess
@@ -46,6 +47,9 @@ import time
 from collections.abc import AsyncIterator
 
 from resnet_limits.config import DEFAULT_MEMORY_BUDGET_BYTES, LimitSettings, RunConfig
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
 
 # Seconds between two looks at the message queue while a run is waiting for the worker.
 POLL_SECONDS = 0.02
@@ -229,7 +233,8 @@ class ComparisonWorker:
         """Cancel run ``run_id``; return its final message, or None after killing a worker that did not answer."""
         try:
             self._send({"type": "cancel", "id": run_id})
-        except WorkerError:
+        except WorkerError as error:
+            logger.warning("cancel of run %d not sent: %s", run_id, error)
             self.kill()
             return None
         deadline = time.monotonic() + grace
@@ -241,6 +246,7 @@ class ComparisonWorker:
             if message is not None and message["type"] in FINAL_MESSAGES:
                 return message
             await asyncio.sleep(POLL_SECONDS)
+        logger.warning("run %d: no answer to cancel within %.1f s; killing worker %s", run_id, grace, self.pid)
         self.kill()
         return None
 
@@ -253,7 +259,7 @@ def _read_messages(process: subprocess.Popen, messages: queue.Queue) -> None:
         try:
             messages.put(json.loads(line))
         except json.JSONDecodeError:
-            print(f"resnet_limits.worker: not a message: {line[:200]}", file=sys.stderr)
+            logger.warning("worker %d wrote a line that is not a message: %s", process.pid, line[:200])
     messages.put({"type": "exit", "returncode": process.wait()})
 
 
@@ -326,6 +332,7 @@ def serve(requests, output, cache=None) -> None:
                 snapshot = snapshot_from_comparison(comparison)
                 send({"type": "snapshot", "id": run_id, "snapshot": snapshot_to_json(snapshot)})
         except Exception as error:  # reported to the parent, which shows it
+            logger.warning("run %d failed: %s: %s", run_id, type(error).__name__, error)
             send({"type": "failed", "id": run_id, "error": f"{type(error).__name__}: {error}"})
             continue
         stopped = run_id in cancelled and (request["type"] == "snapshot" or not comparison.completed)
@@ -341,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit-cache", default=None, help="directory where limit estimates are kept")
     args = parser.parse_args(argv)
 
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="resnet_limits.worker: %(message)s")
     # Messages own the original standard output; everything else printed goes to standard error.
     output = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
