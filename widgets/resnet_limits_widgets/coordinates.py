@@ -54,6 +54,7 @@ from resnet_limits_widgets.explorer import (
     WIDTH_OPTIONS,
     RemoteRunError,
     message_html,
+    with_control_names,
 )
 from resnet_limits_widgets.export import ChartDownloads
 
@@ -303,7 +304,7 @@ class CoordinateView:
                 self.config(), self.limit_settings, memory_budget_bytes=self.memory_budget_bytes, cache=self.cache
             )
         except ConfigError as error:
-            self._show_message(f"Cannot run these settings: {error}")
+            self._show_message(f"Cannot run these settings: {with_control_names(str(error))}")
             self.status.value = "Not run: invalid settings."
             return None
         self._show_message("")

@@ -122,7 +122,7 @@ def message_html(text: str, kind: str = "error") -> str:
     )
 
 
-def _with_control_names(message: str) -> str:
+def with_control_names(message: str) -> str:
     """Return ``message`` with command-line option names replaced by the controls that set them."""
     for option, control in CONTROL_NAMES.items():
         message = message.replace(option, control)
@@ -389,7 +389,7 @@ class ExplorerApp:
                 cache=self.cache,
             )
         except ConfigError as error:  # MemoryBudgetError is a ConfigError too
-            self._show_message(f"Cannot run these settings: {_with_control_names(str(error))}")
+            self._show_message(f"Cannot run these settings: {with_control_names(str(error))}")
             self.status.value = "Not run: invalid settings."
             return None
         self._show_message("")
