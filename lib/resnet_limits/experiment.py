@@ -275,29 +275,7 @@ class Comparison:
         limit_f = references[STAGE_LIMIT].f_KxDoutxN
         mean_ode_f = references[STAGE_MEAN_ODE].f_KxDoutxN
 
-        if config.arch == "transformer":
-            model = MLUTransformer(
-                w_embed,
-                w_unembed,
-                depth=config.L,
-                heads=config.H,
-                width=config.M,
-                key_dim=config.key_dim,
-                value_dim=config.value_dim,
-                key=key_units,
-                alpha=config.alpha,
-                activation=config.activation,
-            )
-        else:
-            model = MLUResNet(
-                w_embed,
-                w_unembed,
-                depth=config.L,
-                width=config.M,
-                key=key_units,
-                alpha=config.alpha,
-                activation=config.activation,
-            )
+        model = build_network(config, w_embed, w_unembed, key_units)
         self.model = model
         for record in training_steps(
             model,
@@ -432,6 +410,32 @@ class Comparison:
             },
             "steps": list(self.rows),
         }
+
+
+def build_network(config: RunConfig, w_embed, w_unembed, key_units: jax.Array):
+    """Return the untrained network of a resolved ``config``: an MLUResNet, or an MLUTransformer."""
+    if config.arch == "transformer":
+        return MLUTransformer(
+            w_embed,
+            w_unembed,
+            depth=config.L,
+            heads=config.H,
+            width=config.M,
+            key_dim=config.key_dim,
+            value_dim=config.value_dim,
+            key=key_units,
+            alpha=config.alpha,
+            activation=config.activation,
+        )
+    return MLUResNet(
+        w_embed,
+        w_unembed,
+        depth=config.L,
+        width=config.M,
+        key=key_units,
+        alpha=config.alpha,
+        activation=config.activation,
+    )
 
 
 def limit_error_summary(estimate: LimitEstimate) -> dict:

@@ -34,9 +34,8 @@ import numpy as np
 
 from resnet_limits import group_training, limits
 from resnet_limits.config import DEFAULT_MEMORY_BUDGET_BYTES, RunConfig, check_memory, jax_dtype
-from resnet_limits.experiment import ERROR_COLUMNS, LimitCache, error_row
+from resnet_limits.experiment import ERROR_COLUMNS, LimitCache, build_network, error_row
 from resnet_limits.limits.extrapolation import ToleranceNotReached, estimate_limit
-from resnet_limits.models import MLUResNet
 from resnet_limits.sweeps.grid import Configuration, Group, SweepSpec, TaskSettings
 from resnet_limits.sweeps.store import ResultStore, rows_to_frame
 from resnet_limits.tasks import Task, coupled_embeddings, get_task
@@ -64,15 +63,7 @@ def train_group(task: Task, config: RunConfig, seeds: Sequence[int]) -> list[Tra
     for seed in seeds:
         key_embed, key_units = jax.random.split(jax.random.key(seed))
         w_embed, w_unembed = coupled_embeddings(key_embed, task, config.D, dtype)
-        model = MLUResNet(
-            w_embed,
-            w_unembed,
-            depth=config.L,
-            width=config.M,
-            key=key_units,
-            alpha=config.alpha,
-            activation=config.activation,
-        )
+        model = build_network(config, w_embed, w_unembed, key_units)
         trajectories.append(
             train(
                 model,
