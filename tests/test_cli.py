@@ -351,3 +351,41 @@ def test_shape_rejects_small_budget(capsys):
     status, _, err = run_main(capsys, ["shape", "-P", "0.5"])
     assert status == 2
     assert "budget" in err
+
+
+def test_sweep_out_file_exits_2(capsys, tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("")
+    status, out, err = run_main(capsys, ["sweep", "--depth", "2", "--width", "2", "--dim", "2", "--out", str(target)])
+    assert status == 2
+    assert f"cannot write {target}: Not a directory" in err
+    assert "Traceback" not in err
+
+
+def test_sweep_over_budget_leaves_no_store(capsys, tmp_path):
+    out_dir = tmp_path / "sweep"
+    status, out, err = run_main(
+        capsys, ["sweep", "--depth", "2", "--width", "99999999", "--dim", "9999", "--out", str(out_dir)]
+    )
+    assert status == 2
+    assert "over the memory budget" in err
+    assert not out_dir.exists()
+
+
+def test_limit_tolerance_over_budget_exits_4(capsys):
+    # The first attempt fits in 0.001 GiB; the grown one (4 times the particles) does not.
+    status, out, err = run_main(
+        capsys,
+        ["limit", "--tol", "1e-9", "--limit-depth", "8", "--limit-particles", "256", "--memory-budget", "0.001", "--json"],
+    )
+    assert status == 4
+    assert "the next attempt does not fit" in err
+    assert "L' = 8 and M' = 1024 needs about" in err
+    assert json.loads(out)["status"] == "tolerance not reached"
+
+
+def test_shape_path_growing_bound_has_one_sign(capsys):
+    status, out, err = run_main(capsys, ["shape", "--budget", "1e6", "--path", "0.6"])
+    assert status == 0
+    assert "the bound grows as P^1/10" in out
+    assert "P^--" not in out

@@ -17,11 +17,13 @@ from resnet_limits.config import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     DTYPES,
     ConfigError,
+    MemoryBudgetError,
     LimitSettings,
     RunConfig,
     check_memory,
     check_positive_float,
     check_positive_int,
+    estimate_training_bytes,
 )
 from resnet_limits.limits.extrapolation import ToleranceNotReached, estimate_limit
 from resnet_limits.tasks import TASKS
@@ -119,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         # The reader of standard output stopped early (as `| head` does); nothing is left to report.
         sys.stderr.close()
         return 0
+    except OSError as error:
+        # A path that cannot be used: --out is a file, a read-only or missing directory.
+        where = f" {error.filename}" if error.filename else ""
+        print(f"resnet-limits: error: cannot write{where}: {error.strerror or error}; "
+              "give --out a directory that can be created and written", file=sys.stderr)
+        return 2
 
 
 class _ProgressLine:
@@ -221,8 +229,20 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
     progress = _ProgressLine(enabled=not args.json or sys.stderr.isatty())
     finished_levels: list[tuple[int, Trajectory]] = []
 
+    def check_simulator_memory(settings: LimitSettings) -> None:
+        try:
+            check_memory(base, task.num_samples, settings, task.span_dim, budget)
+        except MemoryBudgetError:
+            needed = estimate_training_bytes(settings.depth_points, settings.particles, task.span_dim,
+                                             task.num_samples, base.K, base.dtype)
+            raise MemoryBudgetError(
+                f"the limit simulator with L' = {settings.depth_points} and M' = {settings.particles} needs "
+                f"about {needed / 2**30:.2f} GiB, over the memory budget of {budget / 2**30:.2f} GiB; "
+                "raise --memory-budget, or lower --limit-depth, --limit-particles or the accuracy asked by --tol"
+            ) from None
+
     def start_attempt(attempt: int, settings: LimitSettings) -> None:
-        check_memory(base, task.num_samples, settings, task.span_dim, budget)
+        check_simulator_memory(settings)
         progress.update(f"{problem.kind} L'={settings.depth_points} M'={settings.particles}", attempt,
                         attempt + 1, unit="attempts")
 
@@ -267,6 +287,7 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
                 dtype=base.dtype,
                 on_level=start_attempt,
                 on_level_done=finish_level,
+                memory_check=check_simulator_memory,
             )
             trajectory = estimate.trajectory
     except ToleranceNotReached as error:

@@ -218,7 +218,14 @@ def run_fit_command(args) -> int:
 
     store = ResultStore(args.directory)
     store.spec()  # raises ConfigError when the directory is not a sweep
-    frame = fits.select_step(store.load(), args.step)
+    runs = store.load()
+    if args.step is not None:
+        steps = runs["step"].dropna()
+        last = int(steps.max()) if len(steps) else 0
+        if not 0 <= args.step <= last:
+            raise ConfigError(f"--step must be a recorded step, 0 to {last}, got {args.step}; "
+                              f"omit --step to fit the last step")
+    frame = fits.select_step(runs, args.step)
     result = {"directory": str(args.directory), "reference": args.reference, "step": args.step,
               "num_rows": len(frame), "laws": {}, "slopes": {}}
     for kind in ("embedding", "output"):
@@ -300,7 +307,11 @@ def run_shape_command(args) -> int:
     exps = ", ".join(_fraction_text(value) for value in (exponents.depth, exponents.width, exponents.dim))
     budget_text = f"{budget:.0f}" if float(budget).is_integer() else f"{budget:g}"
     print(f"{law.name} law, budget P = {budget_text}: L={shape.L} M={shape.M} D={shape.D} (P = {shape.num_parameters})")
-    print(f"exponents of P for L, M, D: {exps}; the bound decays as P^-{_fraction_text(exponents.rate)}")
+    if exponents.rate >= 0:
+        trend = f"decays as P^-{_fraction_text(exponents.rate)}"
+    else:
+        trend = f"grows as P^{_fraction_text(-exponents.rate)}"
+    print(f"exponents of P for L, M, D: {exps}; the bound {trend}")
     for term in terms:
         print(f"  {term['formula']:<16} = {term['value']:<10.4g} x {term['constant']:<5g} = {term['weighted']:.4g}")
     print(f"  bound (sum)      = {shape.bound:.4g}")

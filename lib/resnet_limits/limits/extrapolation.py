@@ -212,6 +212,7 @@ def estimate_limit_events(
     dtype: str = "float64",
     max_depth_points: int = MAX_DEPTH_POINTS,
     max_particles: int = MAX_PARTICLES,
+    memory_check: Callable[[LimitSettings], None] | None = None,
 ) -> Generator[LevelEvent, None, LimitEstimate]:
     """Yield a LevelEvent as work proceeds and return the LimitEstimate; see ``estimate_limit``."""
     settings.validate()
@@ -253,6 +254,16 @@ def estimate_limit_events(
                 "or compute in float64",
                 estimate,
             )
+        if memory_check is not None:
+            try:
+                memory_check(settings)
+            except ConfigError as error:
+                raise ToleranceNotReached(
+                    f"error estimate {estimate.error_estimate:.3g} is above the tolerance {tol:.3g} at "
+                    f"L' = {estimate.depth_points[0]} and M' = {estimate.particles}, and the next attempt "
+                    f"does not fit: {error}",
+                    estimate,
+                ) from None
         attempt += 1
 
 
@@ -272,9 +283,11 @@ def estimate_limit(
     by a power of two, until the estimate meets it; it stops at the first attempt in which a
     simulation diverged, whose estimate carries the step in ``trajectory.diverged_at``. Keyword
     arguments ``tol``, ``steps``, ``learning_rate``, ``alpha``, ``activation``, ``dtype``,
-    ``max_depth_points`` and ``max_particles`` are those of ``estimate_limit_events``. ``on_level(attempt, settings)`` is
-    called before each attempt and ``on_level_done(depth_points, trajectory)`` after each level,
-    so a caller keeps finished work. Raises ToleranceNotReached, carrying the best estimate, when
+    ``max_depth_points``, ``max_particles`` and ``memory_check`` are those of
+    ``estimate_limit_events``: ``memory_check(settings)``, if given, runs before each grown
+    attempt, and a ConfigError from it ends the search with ToleranceNotReached.
+    ``on_level(attempt, settings)`` is called before each attempt and
+    ``on_level_done(depth_points, trajectory)`` after each level, so a caller keeps finished work. Raises ToleranceNotReached, carrying the best estimate, when
     L' or M' would pass ``max_depth_points`` or ``max_particles``.
     """
     events = estimate_limit_events(problem, task, settings, **kwargs)

@@ -328,16 +328,17 @@ def run_sweep(
     """
     if trainer is None:
         trainer = functools.partial(DEFAULT_TRAINER, memory_budget_bytes=memory_budget_bytes)
+    # Every shape is checked before the store is created, so a rejected sweep leaves no directory.
+    for group in _pending_groups(spec, set()):
+        config = group.run_config()
+        task = get_task(config.task)
+        check_memory(config, task.num_samples, spec.mean_ode, task.span_dim, memory_budget_bytes)
     store = ResultStore(out)
     spec = store.open(spec)
     finished = store.finished_ids()
     total = len(spec.configurations())
     pending = _pending_groups(spec, finished)
     skipped = total - sum(len(group.seeds) for group in pending)
-    for group in pending:
-        config = group.run_config()
-        task = get_task(config.task)
-        check_memory(config, task.num_samples, spec.mean_ode, task.span_dim, memory_budget_bytes)
 
     start = time.perf_counter()
     counts = {"computed": 0, "failed": 0, "diverged": 0}
