@@ -56,6 +56,7 @@ def test_sizes_snapped_with_message(query, name, value, message):
     [
         ("L=abc", "L='abc' is invalid: it must be a number; using the default"),
         ("L=-4", "L='-4' is invalid: it must be a positive integer; using the default"),
+        ("L=1e999", "L='1e999' is invalid: it must be a positive integer; using the default"),
         ("K=2.5", "K='2.5' is invalid: it must be an integer; using the default"),
         ("lr=0", "lr='0' is invalid: it must be a positive finite number; using the default"),
         ("lr=nan", "lr='nan' is invalid: it must be a positive finite number; using the default"),

@@ -18,9 +18,10 @@ its compiled functions between runs. Requests:
      "memory_budget_bytes": ...}
     {"type": "cancel", "id": 3}
 
-Messages: ``{"type": "ready"}`` once imports are done, then per run ``progress`` (stage, done,
-total and the step's row, if any) after every event, and one of ``finished`` (the final state of
-the comparison), ``cancelled`` (the same, partial) or ``failed`` (the error as text). A
+Messages: ``{"type": "ready"}`` once imports are done, then per run a ``progress`` message after
+every event (stage, done, total and the step's row, if any). Each run ends with one of
+``finished`` (the final state of the comparison), ``cancelled`` (the same, partial) or
+``failed`` (the error as text). A
 ``snapshot`` request runs the comparison to its step, then sends one ``snapshot`` message with
 the streams of the network and both limits (base64 float32 arrays) before ``finished``. The
 worker's standard error is the parent's, and anything the computation prints goes there too,
@@ -230,7 +231,7 @@ class ComparisonWorker:
             # A message of an earlier run that was given up: drop it.
 
     async def stop(self, run_id: int, grace: float = CANCEL_GRACE_SECONDS) -> dict | None:
-        """Cancel run ``run_id``; return its final message, or None after killing a worker that did not answer."""
+        """Cancel run ``run_id``; return its final message, or None after killing a worker that did not respond."""
         try:
             self._send({"type": "cancel", "id": run_id})
         except WorkerError as error:
@@ -246,7 +247,7 @@ class ComparisonWorker:
             if message is not None and message["type"] in FINAL_MESSAGES:
                 return message
             await asyncio.sleep(POLL_SECONDS)
-        logger.warning("run %d: no answer to cancel within %.1f s; killing worker %s", run_id, grace, self.pid)
+        logger.warning("run %d: cancel timed out after %.1f s; killing worker %s", run_id, grace, self.pid)
         self.kill()
         return None
 
@@ -267,7 +268,7 @@ def _read_messages(process: subprocess.Popen, messages: queue.Queue) -> None:
 
 
 def serve(requests, output, cache=None) -> None:
-    """Answer the run requests read from ``requests`` (lines), writing messages to ``output``.
+    """Run the requests read from ``requests`` (lines), writing messages to ``output``.
 
     ``cache`` is the LimitCache of every run, the library's in-memory default if None.
     """

@@ -68,9 +68,9 @@ URL_FIELDS = {
 # for the kernel, the Jupyter server and JAX itself, so the app keeps half of the library default.
 APP_MEMORY_BUDGET_BYTES = 2**30
 
-# The limit simulator's coarsest level in the app: with Richardson extrapolation its error
-# estimate is about 1e-3 of the targets on paper-tanh, far below the errors the app shows, and
-# both limits of a new task take about 3 s on a 2-core CPU.
+# The limit simulator's coarsest level in the app. With Richardson extrapolation its error
+# estimate is about 1e-3 of the targets on paper-tanh, far below the errors the app shows.
+# Both limits of a new task take about 3 s on a 2-core CPU.
 APP_LIMIT_SETTINGS = LimitSettings(depth_points=32, particles=2048)
 
 # Marks the default of ``limit_cache_dir``: the user's cache directory.
@@ -147,8 +147,9 @@ class ExplorerApp:
 
     ``L``, ``M`` and ``D`` are the initial slider values. ``limit_settings`` sets the coarsest
     level of the limit simulator and ``memory_budget_bytes`` the largest estimated run that may
-    start. ``use_worker`` runs comparisons in a worker process, which keeps its own limit cache;
-    without it, ``cache`` stores the limits in the kernel and is shared by all apps there.
+    start. ``use_worker`` runs comparisons in a worker process, which keeps its limits in memory
+    and in ``limit_cache_dir`` (None: memory only). Without the worker, ``cache`` stores the
+    limits in the kernel, shared by all apps there.
     ``compilation_cache`` turns on JAX's persistent compilation cache in the user's cache
     directory. ``query_string`` (a page URL's query string, see ``URL_FIELDS``) overrides the
     task, the initial control values and ``auto_run``. The app shows a message about every

@@ -37,7 +37,7 @@ class SizeField(Field):
 
     def convert(self, name: str, text: str):
         value = _parse_float(name, text)
-        if not value > 0:
+        if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{name}={text!r} is invalid: it must be a positive integer")
         nearest = min(self.options, key=lambda option: abs(math.log(option) - math.log(value)))
         if nearest != value:
