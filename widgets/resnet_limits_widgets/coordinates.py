@@ -41,6 +41,7 @@ from resnet_limits.tasks import TASKS, get_task
 from resnet_limits.worker import ComparisonWorker
 
 from resnet_limits_widgets import coordinate_charts, url_state
+from resnet_limits_widgets.background import BackgroundRun
 from resnet_limits_widgets.copy_code import code_html, snapshot_code
 from resnet_limits_widgets.explorer import (
     APP_MEMORY_BUDGET_BYTES,
@@ -105,7 +106,7 @@ def _empty_chart(text: str) -> alt.Chart:
     return alt.Chart().mark_text(text=text, fontSize=14, color="#555555").properties(width=600, height=60)
 
 
-class CoordinateView:
+class CoordinateView(BackgroundRun):
     """Trajectories h^d(s), b^d(s) and histograms of h^d of one network against its limits.
 
     ``L``, ``M``, ``D`` and ``step`` are the initial control values; ``limit_settings`` sets the
@@ -345,26 +346,8 @@ class CoordinateView:
         except RuntimeError:
             self.run()
             return None
-        previous = self._task
-        if previous is not None and not previous.done():
-            previous.cancel()
-        self._task = asyncio.ensure_future(self._run(comparison, self.step.value, previous))
-        return self._task
-
-    def cancel(self) -> None:
-        """Stop the running computation; the charts keep the previous snapshot."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-
-    async def wait(self) -> str | None:
-        """Wait until the latest run ends and return its outcome."""
-        while self._task is not None and not self._task.done():
-            await asyncio.wait([self._task])
-        return self.outcome
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        step = self.step.value
+        return self._start_task(lambda previous: self._run(comparison, step, previous))
 
     def close(self) -> None:
         """Stop the running computation and the worker process."""

@@ -38,6 +38,7 @@ from resnet_limits.tasks import ACTIVATIONS, TASKS, get_task
 from resnet_limits.worker import ComparisonWorker
 
 from resnet_limits_widgets import charts, url_state
+from resnet_limits_widgets.background import BackgroundRun
 from resnet_limits_widgets.copy_code import code_html, comparison_code
 from resnet_limits_widgets.export import ChartDownloads
 from resnet_limits_widgets.summary import shape_summary_html
@@ -142,7 +143,7 @@ class RunOutcome:
     message: str = ""
 
 
-class ExplorerApp:
+class ExplorerApp(BackgroundRun):
     """The interactive explorer of one task, shown by displaying it in a notebook or a Voila page.
 
     ``L``, ``M`` and ``D`` are the initial slider values. ``limit_settings`` sets the coarsest
@@ -411,26 +412,7 @@ class ExplorerApp:
         except RuntimeError:
             self.run_blocking(comparison)
             return None
-        previous = self._task
-        if previous is not None and not previous.done():
-            previous.cancel()
-        self._task = asyncio.ensure_future(self._run(comparison, previous))
-        return self._task
-
-    def cancel(self) -> None:
-        """Stop the running comparison; the rows computed so far stay in the chart."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-
-    async def wait(self) -> RunOutcome | None:
-        """Wait until the latest run ends and return its outcome."""
-        while self._task is not None and not self._task.done():
-            await asyncio.wait([self._task])
-        return self.outcome
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._start_task(lambda previous: self._run(comparison, previous))
 
     async def _run(self, comparison: Comparison, previous: asyncio.Task | None) -> None:
         if previous is not None and not previous.done():
