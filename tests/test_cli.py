@@ -248,7 +248,7 @@ def test_limit_tolerance_not_reached(capsys):
 def test_limit_rejects_bad_tolerance(capsys):
     status, _, err = run_main(capsys, ["limit", "--tol", "0"])
     assert status == 2
-    assert "--tol" in err
+    assert "tol must be positive and finite, got 0.0; set --tol to a value such as 0.001" in err
 
 
 # -- sweep, fit and shape -----------------------------------------------------------------------
