@@ -347,6 +347,13 @@ def test_shape_on_path(capsys):
     assert result["rate"] == pytest.approx(1 / 8, abs=1e-9)
 
 
+def test_shape_on_flat_path(capsys):
+    status, out, _ = run_main(capsys, ["shape", "-P", "1e6", "--path", "1/2"])
+    assert status == 0
+    assert "L=32 M=31 D=1000" in out
+    assert "exponents of P for L, M, D: 1/4, 1/4, 1/2; the bound does not decay with P (rate 0)" in out
+
+
 def test_shape_rejects_small_budget(capsys):
     status, _, err = run_main(capsys, ["shape", "-P", "0.5"])
     assert status == 2

@@ -307,7 +307,9 @@ def run_shape_command(args) -> int:
     exps = ", ".join(_fraction_text(value) for value in (exponents.depth, exponents.width, exponents.dim))
     budget_text = f"{budget:.0f}" if float(budget).is_integer() else f"{budget:g}"
     print(f"{law.name} law, budget P = {budget_text}: L={shape.L} M={shape.M} D={shape.D} (P = {shape.num_parameters})")
-    if exponents.rate >= 0:
+    if abs(exponents.rate) < 1e-9:  # the linear programs leave about 1e-12 of slack
+        trend = "does not decay with P (rate 0)"
+    elif exponents.rate > 0:
         trend = f"decays as P^-{_fraction_text(exponents.rate)}"
     else:
         trend = f"grows as P^{_fraction_text(-exponents.rate)}"
