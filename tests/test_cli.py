@@ -278,7 +278,11 @@ def test_sweep_resumes_and_fits(capsys, tmp_path):
 
     status, stdout, _ = run_main(capsys, ["fit", out])
     assert status == 0
-    assert stdout.splitlines()[0] == f"{out}: 4 runs at last step K, errors against the limit"
+    assert stdout.splitlines()[0] == f"{out}: 4 runs at last step K, errors against the large-D limit"
+
+    status, stdout, _ = run_main(capsys, ["fit", out, "--reference", "mean_ode"])
+    assert status == 0
+    assert stdout.splitlines()[0] == f"{out}: 4 runs at last step K, errors against the fixed-D Mean ODE"
 
 
 def test_sweep_rejects_other_spec(capsys, tmp_path):

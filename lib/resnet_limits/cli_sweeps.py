@@ -244,6 +244,10 @@ def run_fit_command(args) -> int:
     return 0
 
 
+# How the table names each --reference.
+REFERENCE_NAMES = {"limit": "large-D limit", "mean_ode": "fixed-D Mean ODE"}
+
+
 def _interval(low, high) -> str:
     if low is None or high is None:
         return "-"
@@ -252,7 +256,8 @@ def _interval(low, high) -> str:
 
 def _print_fit(result: dict) -> None:
     step = "last step K" if result["step"] is None else f"step {result['step']}"
-    print(f"{result['directory']}: {result['num_rows']} runs at {step}, errors against the {result['reference']}")
+    reference = REFERENCE_NAMES[result["reference"]]
+    print(f"{result['directory']}: {result['num_rows']} runs at {step}, errors against the {reference}")
     for kind in ("embedding", "output"):
         law = result["laws"][kind]
         print(f"\n{kind} error")
