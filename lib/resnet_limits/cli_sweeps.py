@@ -105,7 +105,7 @@ def add_sweep_commands(commands) -> None:
         help="recompute the figures of the paper's sweeps: PNG, SVG, Vega-Lite spec and Parquet data",
         description="Run the sweeps behind the named figures into OUT/sweeps (resumable like any sweep) and write "
                     "each figure as NAME.png, NAME.svg, NAME.vl.json and its data as NAME.parquet. The full grid "
-                    "is L = 50, M and D over log:1:2000:20, 5 seeds; its largest shapes need --memory-budget 5.",
+                    "is L = 50, M and D over log:1:2000:20, 5 seeds; its largest shapes need --memory-budget 8.",
     )
     reproduce.add_argument("names", nargs="+", metavar="NAME", help="figure names, or all: " + ", ".join(FIGURE_NAMES))
     reproduce.add_argument("--out", required=True, help="directory for the figures and their sweeps")

@@ -141,6 +141,11 @@ class ResultStore:
             return set()
         return {path.stem for path in self.parts_dir.glob("*.parquet")}
 
+    def failed_ids(self) -> set[str]:
+        """Return the ids of the configurations whose part records a failure."""
+        frame = self.load()
+        return set(frame.loc[frame["status"] == "failed", "config_id"])
+
     def write_part(self, config_id: str, frame: pd.DataFrame) -> Path:
         """Write the rows of one configuration atomically and return the part's path."""
         path = self.part_path(config_id)
