@@ -306,6 +306,16 @@ def test_shape_app_rejects_bad_query_in_page():
     assert "law=&#x27;depth&#x27; is invalid" in app.message.value
 
 
+def test_shape_app_clears_link_message_on_change():
+    app = ShapeApp(query_string="P=1e12")
+    assert "adjusted" in app.message.value
+
+    app.budget.value = 1e5
+
+    assert app.message.value == ""
+    assert "P = 1e+05" in app.readout.value
+
+
 def test_shape_app_draws_sweep_runs(tmp_path):
     from resnet_limits.sweeps import ResultStore
 

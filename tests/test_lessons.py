@@ -114,7 +114,8 @@ def test_budget_panel_shows_derived_rates():
     panel = panels.budget_panel()
 
     assert panel.result is not None
-    assert "0.1667" in panel.details.value
+    assert "0.167 = 1/6" in panel.details.value
+    assert "NaN" not in panel.details.value
     assert panel.message.value == ""
 
 
@@ -170,14 +171,45 @@ def test_depth_width_panel_switches_axis():
     assert "Slope of the error against L M" in panel.details.value
 
 
-def test_slope_table_keeps_present_columns():
+def test_slope_table_names_fixed_sizes_and_intervals():
     import pandas as pd
 
-    slopes = pd.DataFrame([{"axis": "L", "M": 4, "D": 8, "slope": -0.4, "ci_low": None, "ci_high": None}])
+    slopes = pd.DataFrame([
+        {"axis": "L", "M": 4, "D": 8, "slope": -0.4, "ci_low": float("nan"), "ci_high": float("nan"), "num_points": 2},
+        {"axis": "M", "L": 2, "D": 8, "slope": -0.52, "ci_low": -0.61, "ci_high": -0.43, "num_points": 3},
+    ])
 
     text = lesson_panel.slope_table(slopes, "Slopes:")
     empty = lesson_panel.slope_table(pd.DataFrame(), "Slopes:")
 
-    assert "<th>axis</th>" in text
-    assert "<th>L</th>" not in text
+    assert "M = 4, D = 8" in text
+    assert "L = 2, D = 8" in text
+    assert "[-0.61, -0.43]" in text
+    assert "none (under 3 points)" in text
+    assert "has no 95 % interval" in text  # the note that explains the missing interval
+    assert "NaN" not in text
+    assert "ci_low" not in text
     assert "no axis has two sizes" in empty
+
+
+def test_readable_table_formats_cells():
+    import pandas as pd
+
+    from resnet_limits_widgets import tables
+
+    frame = pd.DataFrame({"P": [1_000_000], "rate": [1 / 6], "error": [0.0123456], "low": [None], "high": [0.2]})
+    columns = [tables.Column("P", "P = L M D", tables.integer),
+               tables.Column("rate", "rate", tables.fraction),
+               tables.Column("error", "error (RMS)"),
+               tables.Column(("low", "high"), "interval", missing="unknown")]
+
+    text = tables.readable_table(frame, columns, missing_note="unknown: no interval")
+    complete = tables.readable_table(frame.assign(low=0.1), columns, missing_note="unknown: no interval")
+
+    assert "1,000,000" in text
+    assert "0.167 = 1/6" in text
+    assert "0.0123" in text and "0.0123456" not in text
+    assert ">unknown<" in text
+    assert "unknown: no interval" in text
+    assert "[0.1, 0.2]" in complete
+    assert "unknown: no interval" not in complete

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,7 @@ from resnet_limits.compilation_cache import enable_compilation_cache
 from resnet_limits.config import ConfigError, estimate_training_bytes
 from resnet_limits.sweeps import fits
 
+from resnet_limits_widgets import tables
 from resnet_limits_widgets.explorer import APP_MEMORY_BUDGET_BYTES, MESSAGE_STYLES
 
 logger = logging.getLogger(__name__)
@@ -56,30 +58,43 @@ def _empty_chart(text: str) -> alt.Chart:
     return alt.Chart().mark_text(text=text, fontSize=14, color="#555555").properties(width=500, height=40)
 
 
-def table_html(frame: pd.DataFrame, caption: str = "") -> str:
-    """Return ``frame`` as an HTML table with 4 significant digits, under an optional caption."""
-    table = frame.to_html(index=False, float_format=lambda value: f"{value:.4g}", border=0)
-    caption_html = f"<p style='color:#555'>{html.escape(caption)}</p>" if caption else ""
-    return f"<div style='font-size:13px'>{caption_html}{table}</div>"
+NO_INTERVAL = "none (under 3 points)"
+NO_INTERVAL_NOTE = ("none (under 3 points): a fit through 2 points has no residual, so it has no "
+                    "95 % interval; add a size to get one.")
+AXIS_NAMES = {"L": "L (depth)", "M": "M (width)", "D": "D (embedding dim.)"}
 
 
 def slope_text(slope: fits.Slope) -> str:
-    """Return a fitted slope with its 95 % interval, or alone when it has no interval."""
-    if slope.num_points < 3:
-        return f"{slope.slope:.3f}"
-    return f"{slope.slope:.3f} (95 % interval {slope.ci_low:.3f} to {slope.ci_high:.3f})"
+    """Return a fitted slope with its 95 % interval as [low, high], or alone when it has no interval."""
+    if slope.num_points < 3 or not (math.isfinite(slope.ci_low) and math.isfinite(slope.ci_high)):
+        return f"{slope.slope:.3f} (no interval: fewer than 3 points)"
+    return f"{slope.slope:.3f}, 95 % interval [{slope.ci_low:.3f}, {slope.ci_high:.3f}]"
+
+
+def _fixed_sizes(row: pd.Series) -> str:
+    names = [name for name in ("L", "M", "D") if name != row["axis"] and name in row.index
+             and not tables.is_missing(row[name])]
+    return ", ".join(f"{name} = {int(row[name])}" for name in names)
 
 
 def slope_table(slopes: pd.DataFrame, caption: str) -> str:
-    """Return the columns of ``fits.axis_slopes`` that a notebook shows, as HTML, or a note when it is empty.
+    """Return the per-axis slopes of ``fits.axis_slopes`` as a table, or a note when there are none.
 
-    ``axis_slopes`` has a column for an axis only when some row keeps that axis fixed, so
-    missing columns are left out.
+    Each row names the axis, the sizes held fixed, the slope of log error against log size, its
+    95 % interval and the number of points.
     """
     if slopes.empty:
         return f"<p>{html.escape(caption)} none: no axis has two sizes at fixed other axes.</p>"
-    columns = [name for name in ("axis", "L", "M", "D", "slope", "ci_low", "ci_high") if name in slopes.columns]
-    return table_html(slopes[columns], caption)
+    shown = slopes.assign(against=slopes["axis"].map(AXIS_NAMES),
+                          fixed=slopes.apply(_fixed_sizes, axis=1))
+    columns = [
+        tables.Column("against", "slope against", tables.text),
+        tables.Column("fixed", "sizes held fixed", tables.text),
+        tables.Column("slope", "fitted slope", tables.significant(3)),
+        tables.Column(("ci_low", "ci_high"), "95 % interval", tables.significant(3), missing=NO_INTERVAL),
+        tables.Column("num_points", "points", tables.integer),
+    ]
+    return tables.readable_table(shown, columns, caption, NO_INTERVAL_NOTE)
 
 
 def loglog_chart(frame: pd.DataFrame, x: str, y: str, color: str | None, title: str,

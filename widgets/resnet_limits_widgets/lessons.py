@@ -31,9 +31,10 @@ from resnet_limits_widgets.lesson_panel import (
     parse_integers,
     slope_table,
     slope_text,
-    table_html,
     text_control,
 )
+from resnet_limits_widgets.tables import Column
+from resnet_limits_widgets import tables
 
 __all__ = [
     "LessonPanel",
@@ -50,13 +51,24 @@ __all__ = [
 ]
 
 
+# The columns of a shape, shown in every table that lists runs.
+SHAPE_COLUMNS = (
+    Column("L", "L (depth)", tables.integer),
+    Column("M", "M (width)", tables.integer),
+    Column("D", "D (embedding dim.)", tables.integer),
+)
+
+
 # -- part 1: the model and coordinate checks ------------------------------------------------------
 
 
 def rule_table_panel() -> widgets.HTML:
     """Return the table of parametrisation rules as HTML."""
-    frame = pd.DataFrame(pz.rule_table())[["rule", "quantity", "formula", "description"]]
-    return widgets.HTML(table_html(frame))
+    frame = pd.DataFrame(pz.rule_table())
+    columns = [Column(name, header, tables.text) for name, header in
+               (("rule", "parametrisation"), ("quantity", "quantity"), ("formula", "formula"),
+                ("description", "description"))]
+    return widgets.HTML(tables.readable_table(frame, columns))
 
 
 def training_panel(run_at_start: bool = True) -> LessonPanel:
@@ -140,10 +152,19 @@ def _coordinate_view(records: dict[str, list[dict]], column: str, steps: int):
     for name, rule_rows in records.items():
         try:
             slope = pz.coordinate_slope(rule_rows, column, step=step)
-            slope_rows.append({"rule": name, "fitted slope in log n": slope_text(slope)})
+            slope_rows.append({"rule": name, "slope": slope_text(slope)})
         except ConfigError as error:
-            slope_rows.append({"rule": name, "fitted slope in log n": str(error)})
-    return chart, table_html(pd.DataFrame(slope_rows)) + table_html(frame)
+            slope_rows.append({"rule": name, "slope": f"not fitted: {error}"})
+    slope_columns = [Column("rule", "parametrisation", tables.text),
+                     Column("slope", "fitted slope in log n", tables.text)]
+    value_columns = [
+        Column("rule", "parametrisation", tables.text),
+        Column("scale", "n = L = M = D", tables.integer),
+        Column("step", "step k", tables.integer),
+        Column(column, COORDINATE_TITLES[column], tables.significant(3)),
+    ]
+    return chart, (tables.readable_table(pd.DataFrame(slope_rows), slope_columns)
+                   + tables.readable_table(frame, value_columns, "Measured values per size:"))
 
 
 # -- part 2: depth begets width -------------------------------------------------------------------
@@ -197,7 +218,11 @@ def _depth_width_view(result, frame, slope, axis: str):
         f"<p>Slope of the error against L M: <b>{slope_text(slope)}</b>. "
         "The bound's width term sqrt(D/(L M)) has slope -1/2 against L M, against L and against M.</p>"
         + slope_table(result.slopes, "Slopes against L (at fixed M) and against M (at fixed L):")
-        + table_html(shown.drop(columns=[f"{color} "]))
+        + tables.readable_table(shown, [
+            *SHAPE_COLUMNS,
+            Column("LM", "L M (units in all blocks)", tables.integer),
+            Column(result.column, "error against the fixed-D Mean ODE at step K (RMS)", tables.significant(3)),
+        ], "One run per shape:")
     )
     return chart, details
 
@@ -219,7 +244,13 @@ def span_panel(run_at_start: bool = True) -> LessonPanel:
         chart = loglog_chart(frame, "width_term", "outside_fraction", None,
                              "Part of the stream outside span(E) after 5 steps",
                              "sqrt(D / (L M))", "RMS outside / RMS of H")
-        return chart, table_html(frame, f"span(E) has dimension r = {int(frame['r'].iloc[0])}.")
+        columns = [
+            *SHAPE_COLUMNS,
+            Column("r", "r (dimension of span(E))", tables.integer),
+            Column("width_term", "sqrt(D / (L M))", tables.significant(3)),
+            Column("outside_fraction", "RMS of H outside span(E) / RMS of H", tables.significant(3)),
+        ]
+        return chart, tables.readable_table(frame, columns, f"span(E) has dimension r = {int(frame['r'].iloc[0])}.")
 
     return LessonPanel("The stream lives in r dimensions", [sizes, dim], compute, render, run_at_start=run_at_start)
 
@@ -235,8 +266,16 @@ def limit_gap_panel(run_at_start: bool = True) -> LessonPanel:
         frame, slope = computed
         chart = loglog_chart(frame, "D", "embedding_gap", None, "Fixed-D Mean ODE against the large-D limit",
                              "D", "RMS gap of the last stream", reference="embedding_term")
-        details = (f"<p>Fitted slope in log D: <b>{slope_text(slope)}</b>; the dashed line is 1/sqrt(D), "
-                   "slope -1/2.</p>" + table_html(frame))
+        columns = [
+            Column("D", "D (embedding dim.)", tables.integer),
+            Column("seed", "seed", tables.integer),
+            Column("step", "step k", tables.integer),
+            Column("embedding_gap", "RMS gap of the last stream H_L", tables.significant(3)),
+            Column("output_gap", "RMS gap of the outputs f", tables.significant(3)),
+            Column("embedding_term", "1/sqrt(D)", tables.significant(3)),
+        ]
+        details = (f"<p>Fitted slope in log D: <b>{slope_text(slope)}</b>. The dashed line is 1/sqrt(D), "
+                   "slope -1/2.</p>" + tables.readable_table(frame, columns))
         return chart, details
 
     return LessonPanel("The 1/sqrt(D) term", [dims], compute, render, run_at_start=run_at_start)
@@ -258,7 +297,10 @@ def gaussian_panel(run_at_start: bool = True) -> LessonPanel:
         panels = [coordinate_charts.histogram_panel(h).properties(width=220, title=f"D = {D}")
                   for D, h in zip(values, histograms)]
         frame = pd.DataFrame({"D": values, "KS distance": [h.ks_statistic() for h in histograms]})
-        return alt.hconcat(*panels), table_html(frame, "Kolmogorov-Smirnov distance to the Gaussian law, L = 16, M = 64, step 5:")
+        columns = [Column("D", "D (embedding dim.)", tables.integer),
+                   Column("KS distance", "Kolmogorov-Smirnov distance (0 to 1)", tables.significant(3))]
+        return alt.hconcat(*panels), tables.readable_table(
+            frame, columns, "Distance between the coordinates and the Gaussian law of the limit, L = 16, M = 64, step 5:")
 
     return LessonPanel("Coordinates become Gaussian", [dims], compute, render, run_at_start=run_at_start)
 
@@ -281,10 +323,28 @@ def budget_panel(run_at_start: bool = True) -> LessonPanel:
                           var_name="term", value_name="value")
         chart = loglog_chart(long, "budget", "value", "term", f"Terms of the {chosen.name} law on its optimal shapes",
                              "parameters P = L M D", "term value (C = 1)")
-        rates = lessons.optimal_rates()
-        details = (table_html(rates, "Optimal exponents L = P^a, M = P^b, D = P^c, derived from the terms:")
-                   + table_html(lessons.path_rates(chosen), "Predicted slope against P on the paths D = P^c:")
-                   + table_html(frame))
+        rate_columns = [
+            Column("law", "error law", tables.text),
+            Column("L exponent a", "a in L = P^a", tables.fraction),
+            Column("M exponent b", "b in M = P^b", tables.fraction),
+            Column("D exponent c", "c in D = P^c", tables.fraction),
+            Column("error ~ P^-rate", "rate: error ~ P^-rate", tables.fraction),
+        ]
+        path_columns = [Column("D exponent c", "c in D = P^c", tables.fraction),
+                        Column("predicted slope", "slope of the bound against P", tables.fraction)]
+        budget_columns = [
+            Column("budget", "P = L M D", tables.integer),
+            *SHAPE_COLUMNS,
+            *(Column(term.name, f"{term.name} term {term.formula}", tables.significant(3)) for term in chosen.terms),
+            Column("bound_sum", "bound, constants 1", tables.significant(3)),
+        ]
+        details = (
+            tables.readable_table(lessons.optimal_rates(), rate_columns,
+                                  "Optimal exponents L = P^a, M = P^b, D = P^c, derived from the terms:")
+            + tables.readable_table(lessons.path_rates(chosen), path_columns,
+                                    f"Predicted slope of the {chosen.name} bound against P on the paths D = P^c:")
+            + tables.readable_table(frame, budget_columns, "The optimal integer shape of each budget:")
+        )
         return chart, details
 
     return LessonPanel("The bound along the optimal shapes", [law], compute, render, run_at_start=run_at_start)
@@ -311,9 +371,19 @@ def shape_sweep_panel(run_at_start: bool = True) -> LessonPanel:
         chart = loglog_chart(frame, "D", result.column, "M", "Error against the large-D limit, by M",
                              "D", "embedding error at step K")
         constants = pd.DataFrame(law_fit.to_dict()["constants"])
-        details = (table_html(constants, "Fitted error^2 = a^2 D/(L M) + b^2/D:")
+        constant_columns = [
+            Column("term", "term", tables.text),
+            Column("formula", "formula", tables.text),
+            Column("value", "fitted constant", tables.significant(3)),
+            Column(("ci_low", "ci_high"), "95 % interval", tables.significant(3), missing="not determined"),
+        ]
+        run_columns = [*SHAPE_COLUMNS, Column(result.column, "error against the large-D limit at step K (RMS)",
+                                              tables.significant(3))]
+        details = (tables.readable_table(constants, constant_columns, "Fitted error^2 = a^2 D/(L M) + b^2/D:",
+                                         "not determined: the grid does not separate this term from the "
+                                         "other, so its constant has no finite interval; add sizes of M or D.")
                    + slope_table(result.slopes, "Slopes per axis:")
-                   + table_html(frame))
+                   + tables.readable_table(result.frame, run_columns, "One run per shape:"))
         return chart, details
 
     panel = LessonPanel("A sweep over shapes and the fitted error law", [depth, widths, dims], compute, render,
