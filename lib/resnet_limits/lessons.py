@@ -33,6 +33,7 @@ from resnet_limits.models import MLUResNet
 from resnet_limits.sweeps import ResultStore, SweepSpec, TaskSettings, fits, paths, run_sweep
 from resnet_limits.tasks import Task, coupled_embeddings, get_task
 from resnet_limits.training import train
+from resnet_limits.worker import worker_function
 
 # Limit settings small enough for a notebook cell. With ``limit_tol=None`` the large-D limit is one
 # extrapolation at LESSON_LIMIT_START, and the fixed-D Mean ODE one simulation at LESSON_MEAN_ODE.
@@ -249,6 +250,7 @@ def budget_table(budgets: Sequence[float], law: bounds.ErrorLaw = bounds.EMBEDDI
     return pd.DataFrame(rows)
 
 
+@worker_function
 def optimal_rates() -> pd.DataFrame:
     """Return the exponents (a, b, c) and the rate of the embedding and output laws' optimal shapes."""
     rows = []
