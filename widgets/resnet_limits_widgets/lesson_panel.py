@@ -1,12 +1,16 @@
 """The building blocks of the course panels: a panel with a Run button, input parsing and charts.
 
-A ``LessonPanel`` calls one library function and only draws its result. A run blocks the
-kernel until it ends (the course defaults take seconds). An invalid setting or a failed
-computation shows a message in the page in place of a traceback, and a failure is also logged.
+A ``LessonPanel`` calls one library function and only draws its result. The function runs in a
+worker process (``resnet_limits.worker``) that every panel of a kernel shares, so the kernel
+stays free for widget messages, a progress bar follows the computation, and Cancel stops it
+within a second. An invalid setting or a failed computation shows a message in the page in
+place of a traceback, and a failure is also logged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import html
 import logging
 import math
@@ -20,8 +24,10 @@ import pandas as pd
 from resnet_limits.compilation_cache import enable_compilation_cache
 from resnet_limits.config import ConfigError, estimate_training_bytes
 from resnet_limits.sweeps import fits
+from resnet_limits.worker import CallFailed, ComparisonWorker
 
 from resnet_limits_widgets import tables
+from resnet_limits_widgets.background import BackgroundRun
 from resnet_limits_widgets.explorer import APP_MEMORY_BUDGET_BYTES, MESSAGE_STYLES
 
 logger = logging.getLogger(__name__)
@@ -117,33 +123,74 @@ def loglog_chart(frame: pd.DataFrame, x: str, y: str, color: str | None, title: 
     return alt.layer(*layers).properties(width=420, height=260, title=title)
 
 
-class LessonPanel:
-    """Controls, a Run button, a status line, a message area, a chart and an HTML block.
+@dataclasses.dataclass(frozen=True)
+class WorkerCall:
+    """A call of a ``@worker_function`` of ``resnet_limits``: its "module:name" and keyword arguments."""
 
-    ``compute`` reads the controls and returns a result; ``render`` turns it into a chart (or
-    None) and HTML. ConfigError and ValueError are shown as invalid settings, any other
+    function: str
+    kwargs: dict
+
+
+_WORKER: ComparisonWorker | None = None
+_WORKER_LOCKS: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+
+
+def lesson_worker() -> ComparisonWorker:
+    """Return the worker process that every course panel of this kernel shares, created on first use."""
+    global _WORKER
+    if _WORKER is None:
+        _WORKER = ComparisonWorker(compilation_cache_dir=enable_compilation_cache())
+    return _WORKER
+
+
+def _worker_lock() -> asyncio.Lock:
+    # The worker runs one request at a time. Panels queue here, in the kernel, so that a queued
+    # panel's Cancel never has to wait for, or kill, another panel's computation.
+    loop = asyncio.get_running_loop()
+    return _WORKER_LOCKS.setdefault(loop, asyncio.Lock())
+
+
+class LessonPanel(BackgroundRun):
+    """Controls, Run and Cancel buttons, a progress bar, a status line, a message area, a chart and HTML.
+
+    ``prepare`` reads the controls and returns the ``WorkerCall`` that computes the result;
+    ``render`` turns the call's value into a chart (or None) and HTML. The call runs in the
+    worker process (``lesson_worker()`` unless ``worker`` is given) as an asyncio task, so the
+    page stays responsive and Cancel stops it within a second. ConfigError and ValueError, in
+    ``prepare``, in the worker or in ``render``, are shown as invalid settings, and any other
     exception as a failure with its type and message.
     """
 
-    def __init__(self, title: str, controls: list[widgets.Widget], compute: Callable[[], object],
-                 render: Callable[[object], tuple[alt.TopLevelMixin | None, str]], *, run_at_start: bool = True):
+    def __init__(self, title: str, controls: list[widgets.Widget], prepare: Callable[[], WorkerCall],
+                 render: Callable[[object], tuple[alt.TopLevelMixin | None, str]], *, run_at_start: bool = True,
+                 worker: ComparisonWorker | None = None):
         alt.JupyterChart.enable_offline()
         self.title = title
-        self.compute_result = compute
+        self.prepare_call = prepare
         self.render_result = render
+        self.worker = worker if worker is not None else lesson_worker()
+        self.worker.start()  # its imports overlap with the page's first render
         self.result = None
+        self.outcome: str | None = None  # "completed", "invalid", "failed" or "cancelled"
+        self._task = None
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.run_button.on_click(lambda _: self.run())
+        self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
+        self.cancel_button.on_click(lambda _: self.cancel())
+        self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info",
+                                              layout=widgets.Layout(width="220px"))
         self.status = widgets.HTML("Not run yet. Press Run.")
         self.message = widgets.HTML("")
         self.chart = alt.JupyterChart(_empty_chart("Press Run."))
         self.details = widgets.HTML("")
         for widget, name in ((self.status, "lesson-status"), (self.message, "lesson-message"),
-                             (self.chart, "lesson-chart")):
+                             (self.chart, "lesson-chart"), (self.run_button, "lesson-run"),
+                             (self.cancel_button, "lesson-cancel"), (self.progress, "lesson-progress")):
             widget.add_class(name)  # selectors for browser tests
         header = widgets.HTML(f"<b>{html.escape(title)}</b>")
-        self.widget = widgets.VBox([header, *controls, self.run_button, self.status, self.message,
-                                    self.chart, self.details])
+        buttons = widgets.HBox([self.run_button, self.cancel_button, self.progress, self.status])
+        self.widget = widgets.VBox([header, *controls, buttons, self.message, self.chart, self.details])
+        self.widget.add_class("lesson-panel")
         if run_at_start:
             self.run()
 
@@ -156,29 +203,104 @@ class LessonPanel:
             f"{html.escape(text)}</div>" if text else ""
         )
 
-    def run(self):
-        """Compute with the current controls and redraw; return the result, or None after a message."""
-        started = time.monotonic()
-        self.status.value = "Computing..."
+    def _prepare(self) -> WorkerCall | None:
         try:
-            result = self.compute_result()
-            chart, details = self.render_result(result)
+            return self.prepare_call()
         except (ConfigError, ValueError) as error:
-            self._show_message(f"Cannot run these settings: {error}")
-            self.status.value = "Not run: invalid settings."
+            self._show_invalid(str(error))
             return None
+
+    def _show_invalid(self, text: str) -> None:
+        self.outcome = "invalid"
+        self._show_message(f"Cannot run these settings: {text}")
+        self.status.value = "Not run: invalid settings."
+
+    def run(self) -> asyncio.Task | None:
+        """Start a computation with the current controls in place of the running one.
+
+        Returns its asyncio task, or None when the settings are invalid (the page shows why).
+        Without a running event loop (a plain script) it runs to the end before returning None.
+        """
+        call = self._prepare()
+        if call is None:
+            self.cancel()
+            return None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(self._run(call, None))
+            return None
+        return self._start_task(lambda previous: self._run(call, previous))
+
+    def run_blocking(self):
+        """Compute with the current controls without an event loop; return the result, or None after a message."""
+        self.result = None
+        self.run()
+        return self.result if self.outcome == "completed" else None
+
+    async def _run(self, call: WorkerCall, previous: asyncio.Task | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        self.outcome = None
+        self.cancel_button.disabled = False
+        self.progress.value = 0.0
+        self.progress.bar_style = "info"
+        self.status.value = "Waiting for the worker..."
+        started = time.monotonic()
+        try:
+            async with _worker_lock():
+                self.status.value = "Starting..."
+                value = await self.worker.call(call.function, call.kwargs, on_progress=self._on_progress)
+            chart, details = self.render_result(value)
+        except asyncio.CancelledError:
+            self._finish("cancelled", "Cancelled.")
+            raise
+        except CallFailed as error:
+            if error.kind in INVALID_SETTING_ERRORS:
+                self._show_invalid(_without_type_name(str(error)))
+                self._finish("invalid", "Not run: invalid settings.")
+            else:
+                self._fail(str(error))
+            return
+        except (ConfigError, ValueError) as error:
+            self._show_invalid(str(error))
+            self._finish("invalid", "Not run: invalid settings.")
+            return
         except Exception as error:  # noqa: BLE001 - the page shows the failure instead of a traceback
-            logger.exception("lesson panel %r: computation failed", self.title)
-            self._show_message(f"The computation failed: {type(error).__name__}: {error}")
-            self.status.value = "Failed."
-            return None
+            self._fail(f"{type(error).__name__}: {error}")
+            return
         self._show_message("")
-        self.result = result
+        self.result = value
         if chart is not None:
             self.chart.chart = chart
         self.details.value = details
-        self.status.value = f"Computed in {time.monotonic() - started:.1f} s."
-        return result
+        self.progress.value = 1.0
+        self._finish("completed", f"Computed in {time.monotonic() - started:.1f} s.")
+
+    def _on_progress(self, stage: str, done: int, total: int) -> None:
+        self.progress.value = done / total if total > 0 else 0.0
+        self.status.value = f"Computing: {html.escape(stage)}, {done} of {total} done..."
+
+    def _fail(self, text: str) -> None:
+        logger.warning("lesson panel %r: computation failed: %s", self.title, text)
+        self._show_message(f"The computation failed: {text}")
+        self._finish("failed", "Failed.")
+
+    def _finish(self, outcome: str, status: str) -> None:
+        self.outcome = outcome
+        self.cancel_button.disabled = True
+        self.progress.bar_style = {"completed": "success", "cancelled": "warning"}.get(outcome, "danger")
+        self.status.value = status
+
+
+# Exception types raised in the worker that mean the settings are invalid, not that the code failed.
+INVALID_SETTING_ERRORS = ("ConfigError", "ValueError", "MemoryBudgetError")
+
+
+def _without_type_name(text: str) -> str:
+    """Return "message" from a worker's "TypeName: message"."""
+    _, separator, message = text.partition(": ")
+    return message if separator else text
 
 
 def text_control(description: str, value: str) -> widgets.Text:

@@ -1,19 +1,22 @@
 """Panels of the teaching notebooks: a few controls, a Run button, a chart and a table per panel.
 
-Every panel calls one function of ``resnet_limits.parametrization`` or ``resnet_limits.lessons``
-and only draws its result, so every number it shows comes from tested library code. The panel
-itself, its input parsing and its chart builders are in ``lesson_panel``.
+Every panel calls one ``@worker_function`` of ``resnet_limits.lessons`` in the worker process and
+only draws its result, so every number it shows comes from tested library code. The panel itself,
+its input parsing and its chart builders are in ``lesson_panel``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 
 import altair as alt
 import ipywidgets as widgets
+import numpy as np
 import pandas as pd
 
-from resnet_limits import bounds, lessons
+from resnet_limits import lessons
+from resnet_limits.coordinates import CoordinateHistogram
 from resnet_limits import parametrization as pz
 from resnet_limits.config import ConfigError
 from resnet_limits.sweeps import fits, paths
@@ -24,6 +27,7 @@ from resnet_limits_widgets.lesson_panel import (
     CONTROL_LAYOUT,
     DESCRIPTION_STYLE,
     LessonPanel,
+    WorkerCall,
     check_shapes_fit,
     enable_cache,
     int_control,
@@ -59,6 +63,23 @@ SHAPE_COLUMNS = (
 )
 
 
+def _call(name: str, **kwargs) -> WorkerCall:
+    """Return the call of the ``@worker_function`` ``resnet_limits.lessons.<name>``."""
+    return WorkerCall(f"resnet_limits.lessons:{name}", kwargs)
+
+
+def _sweep_result(value: dict) -> lessons.SweepResult:
+    return lessons.SweepResult(frame=value["frame"], slopes=value["slopes"], column=value["column"])
+
+
+def _histogram(fields: dict) -> CoordinateHistogram:
+    """Rebuild a ``CoordinateHistogram`` from the fields that ``lessons.gaussian_histograms`` returns."""
+    names = {field.name for field in dataclasses.fields(CoordinateHistogram)}
+    arrays = {name: np.asarray(value, np.float64) if isinstance(value, list) else value
+              for name, value in fields.items() if name in names}
+    return CoordinateHistogram(**arrays)
+
+
 # -- part 1: the model and coordinate checks ------------------------------------------------------
 
 
@@ -80,24 +101,23 @@ def training_panel(run_at_start: bool = True) -> LessonPanel:
     rule = widgets.Dropdown(description="parametrisation", options=sorted(pz.RULES), value="mlu",
                             style=DESCRIPTION_STYLE)
 
-    def compute():
+    def prepare():
         task = get_task("paper-tanh")
         check_shapes_fit([(depth.value, width.value, dim.value)], steps.value, task.num_samples)
-        trajectory = pz.train_under_rule(pz.get_rule(rule.value), task, depth.value, width.value, dim.value,
-                                         steps=steps.value, learning_rate=task.learning_rate)
-        return trajectory
+        return _call("training_run", rule=rule.value, L=depth.value, M=width.value, D=dim.value, steps=steps.value)
 
     def render(trajectory):
-        frame = pd.DataFrame({"step": range(len(trajectory.loss_K)), "loss": trajectory.loss_K})
+        frame = pd.DataFrame({"step": range(len(trajectory["loss"])), "loss": trajectory["loss"]})
         chart = alt.Chart(frame).mark_line(point=True).encode(
             x=alt.X("step:Q", title="gradient step k"), y=alt.Y("loss:Q", title="loss J"),
             tooltip=["step", alt.Tooltip("loss:Q", format=".4g")],
         ).properties(width=420, height=220, title=f"Training loss, L={depth.value}, M={width.value}, D={dim.value}")
-        diverged = "" if trajectory.diverged_at is None else f" Diverged at step {trajectory.diverged_at}."
+        diverged_at = trajectory["diverged_at"]
+        diverged = "" if diverged_at is None else f" Diverged at step {diverged_at}."
         details = f"<p>Loss {frame['loss'].iloc[0]:.4g} at step 0, {frame['loss'].iloc[-1]:.4g} at step {len(frame) - 1}.{diverged}</p>"
         return chart, details
 
-    return LessonPanel("One training run", [rule, depth, width, dim, steps], compute, render, run_at_start=run_at_start)
+    return LessonPanel("One training run", [rule, depth, width, dim, steps], prepare, render, run_at_start=run_at_start)
 
 
 COORDINATE_TITLES = {
@@ -116,12 +136,12 @@ def coordinate_check_panel(run_at_start: bool = True) -> LessonPanel:
                               value="stream_update_rms", style=DESCRIPTION_STYLE, layout=CONTROL_LAYOUT)
     records: dict[str, list[dict]] = {}
 
-    def compute():
+    def prepare():
         sizes = pz.scaled_sizes(parse_integers(scales.value, "n"))
         if len(sizes) < 2:
             raise ConfigError("give at least two sizes n to fit a slope")
         check_shapes_fit(sizes, steps.value)
-        return {name: pz.coordinate_check(name, sizes, steps=steps.value) for name in ("mlu", "standard")}
+        return _call("coordinate_checks", sizes=[list(size) for size in sizes], steps=steps.value)
 
     def render(result):
         records.clear()
@@ -129,7 +149,7 @@ def coordinate_check_panel(run_at_start: bool = True) -> LessonPanel:
         return _coordinate_view(records, column.value, steps.value)
 
     panel = LessonPanel("Coordinate check: MLU against the standard parametrisation",
-                        [scales, steps, column], compute, render, run_at_start=run_at_start)
+                        [scales, steps, column], prepare, render, run_at_start=run_at_start)
 
     def redraw(_):
         if records:
@@ -183,18 +203,18 @@ def depth_width_panel(run_at_start: bool = True) -> LessonPanel:
     directory = tempfile.TemporaryDirectory(prefix="resnet-limits-lesson-")
     computed_runs = []
 
-    def compute():
-        grid = (parse_integers(depths.value, "L values"), parse_integers(widths.value, "M values"), [dim.value])
-        out = f"{directory.name}/L{'-'.join(map(str, grid[0]))}_M{'-'.join(map(str, grid[1]))}_D{dim.value}"
-        result = lessons.small_sweep(*grid, [0], out)
-        frame, slope = lessons.depth_width_table(result)
-        return result, frame, slope
+    def prepare():
+        depth_values, width_values = parse_integers(depths.value, "L values"), parse_integers(widths.value, "M values")
+        check_shapes_fit([(L, M, dim.value) for L in depth_values for M in width_values], 15)
+        out = f"{directory.name}/L{'-'.join(map(str, depth_values))}_M{'-'.join(map(str, width_values))}_D{dim.value}"
+        return _call("depth_width_sweep", depths=depth_values, widths=width_values, dim=dim.value, out=out)
 
-    def render(computed):
+    def render(value):
+        computed = (_sweep_result(value), value["table"], fits.Slope(**value["slope"]))
         computed_runs[:] = [computed]
         return _depth_width_view(*computed, axis.value)
 
-    panel = LessonPanel("Depth begets width: L and M at fixed D", [depths, widths, dim, axis], compute, render,
+    panel = LessonPanel("Depth begets width: L and M at fixed D", [depths, widths, dim, axis], prepare, render,
                         run_at_start=run_at_start)
     panel.directory = directory  # the store is deleted when the panel is garbage-collected
 
@@ -235,10 +255,10 @@ def span_panel(run_at_start: bool = True) -> LessonPanel:
     sizes = text_control("n (L = M = n)", "4, 16, 32")
     dim = int_control("D", 64, 1, 1024)
 
-    def compute():
+    def prepare():
         shapes = [(n, n, dim.value) for n in parse_integers(sizes.value, "n")]
         check_shapes_fit(shapes, 5)
-        return lessons.span_reduction(shapes)
+        return _call("span_table", shapes=[list(shape) for shape in shapes])
 
     def render(frame):
         chart = loglog_chart(frame, "width_term", "outside_fraction", None,
@@ -252,18 +272,18 @@ def span_panel(run_at_start: bool = True) -> LessonPanel:
         ]
         return chart, tables.readable_table(frame, columns, f"span(E) has dimension r = {int(frame['r'].iloc[0])}.")
 
-    return LessonPanel("The stream lives in r dimensions", [sizes, dim], compute, render, run_at_start=run_at_start)
+    return LessonPanel("The stream lives in r dimensions", [sizes, dim], prepare, render, run_at_start=run_at_start)
 
 
 def limit_gap_panel(run_at_start: bool = True) -> LessonPanel:
     """Build a panel that plots the gap between the fixed-D Mean ODE and the large-D limit against D."""
     dims = text_control("D values", "4, 16, 64, 256, 1024")
 
-    def compute():
-        return lessons.limit_gap(parse_integers(dims.value, "D values"))
+    def prepare():
+        return _call("limit_gap_table", dims=parse_integers(dims.value, "D values"))
 
-    def render(computed):
-        frame, slope = computed
+    def render(value):
+        frame, slope = value["frame"], fits.Slope(**value["slope"])
         chart = loglog_chart(frame, "D", "embedding_gap", None, "Fixed-D Mean ODE against the large-D limit",
                              "D", "RMS gap of the last stream", reference="embedding_term")
         columns = [
@@ -278,22 +298,23 @@ def limit_gap_panel(run_at_start: bool = True) -> LessonPanel:
                    "slope -1/2.</p>" + tables.readable_table(frame, columns))
         return chart, details
 
-    return LessonPanel("The 1/sqrt(D) term", [dims], compute, render, run_at_start=run_at_start)
+    return LessonPanel("The 1/sqrt(D) term", [dims], prepare, render, run_at_start=run_at_start)
 
 
 def gaussian_panel(run_at_start: bool = True) -> LessonPanel:
     """Build a panel of histograms of the coordinates h^d(1) for growing D against the limit's Gaussian law."""
     dims = text_control("D values", "8, 64, 512")
 
-    def compute():
+    def prepare():
         values = parse_integers(dims.value, "D values")
         if len(values) > 4:
             raise ConfigError("choose at most 4 values of D, one histogram each")
         check_shapes_fit([(16, 64, D) for D in values], 5)
-        return values, lessons.gaussian_coordinates(values)
+        return _call("gaussian_histograms", dims=values)
 
-    def render(computed):
-        values, histograms = computed
+    def render(value):
+        histograms = [_histogram(fields) for fields in value]
+        values = [fields["D"] for fields in value]
         panels = [coordinate_charts.histogram_panel(h).properties(width=220, title=f"D = {D}")
                   for D, h in zip(values, histograms)]
         frame = pd.DataFrame({"D": values, "KS distance": [h.ks_statistic() for h in histograms]})
@@ -302,7 +323,7 @@ def gaussian_panel(run_at_start: bool = True) -> LessonPanel:
         return alt.hconcat(*panels), tables.readable_table(
             frame, columns, "Distance between the coordinates and the Gaussian law of the limit, L = 16, M = 64, step 5:")
 
-    return LessonPanel("Coordinates become Gaussian", [dims], compute, render, run_at_start=run_at_start)
+    return LessonPanel("Coordinates become Gaussian", [dims], prepare, render, run_at_start=run_at_start)
 
 
 # -- part 4: all shapes and sizes -----------------------------------------------------------------
@@ -313,12 +334,11 @@ def budget_panel(run_at_start: bool = True) -> LessonPanel:
     law = widgets.Dropdown(description="error law", options=[("embedding", "embedding"), ("output", "output")],
                            value="embedding", style=DESCRIPTION_STYLE)
 
-    def compute():
-        chosen = fits.law_named(law.value)
-        return chosen, lessons.budget_table(paths.log_budgets(1e4, 1e12, 9), chosen)
+    def prepare():
+        return _call("budget_terms", law=law.value, budgets=[float(budget) for budget in paths.log_budgets(1e4, 1e12, 9)])
 
-    def render(computed):
-        chosen, frame = computed
+    def render(value):
+        chosen, frame = fits.law_named(law.value), value["frame"]
         long = frame.melt(id_vars=["budget"], value_vars=[t.name for t in chosen.terms] + ["bound_sum"],
                           var_name="term", value_name="value")
         chart = loglog_chart(long, "budget", "value", "term", f"Terms of the {chosen.name} law on its optimal shapes",
@@ -339,15 +359,15 @@ def budget_panel(run_at_start: bool = True) -> LessonPanel:
             Column("bound_sum", "bound, constants 1", tables.significant(3)),
         ]
         details = (
-            tables.readable_table(lessons.optimal_rates(), rate_columns,
+            tables.readable_table(value["rates"], rate_columns,
                                   "Optimal exponents L = P^a, M = P^b, D = P^c, derived from the terms:")
-            + tables.readable_table(lessons.path_rates(chosen), path_columns,
+            + tables.readable_table(value["paths"], path_columns,
                                     f"Predicted slope of the {chosen.name} bound against P on the paths D = P^c:")
             + tables.readable_table(frame, budget_columns, "The optimal integer shape of each budget:")
         )
         return chart, details
 
-    return LessonPanel("The bound along the optimal shapes", [law], compute, render, run_at_start=run_at_start)
+    return LessonPanel("The bound along the optimal shapes", [law], prepare, render, run_at_start=run_at_start)
 
 
 def shape_sweep_panel(run_at_start: bool = True) -> LessonPanel:
@@ -357,20 +377,19 @@ def shape_sweep_panel(run_at_start: bool = True) -> LessonPanel:
     dims = text_control("D values", "4, 16, 64")
     directory = tempfile.TemporaryDirectory(prefix="resnet-limits-lesson-")
 
-    def compute():
-        grid = ([depth.value], parse_integers(widths.value, "M values"), parse_integers(dims.value, "D values"))
-        out = f"{directory.name}/L{depth.value}_M{'-'.join(map(str, grid[1]))}_D{'-'.join(map(str, grid[2]))}"
-        result = lessons.small_sweep(*grid, [0], out, column="embedding_error_limit")
-        law_fit = fits.fit_error_law(result.frame, result.column, bounds.EMBEDDING_LAW)
-        return result, law_fit
+    def prepare():
+        width_values, dim_values = parse_integers(widths.value, "M values"), parse_integers(dims.value, "D values")
+        check_shapes_fit([(depth.value, M, D) for M in width_values for D in dim_values], 15)
+        out = f"{directory.name}/L{depth.value}_M{'-'.join(map(str, width_values))}_D{'-'.join(map(str, dim_values))}"
+        return _call("shape_sweep", depth=depth.value, widths=width_values, dims=dim_values, out=out)
 
-    def render(computed):
-        result, law_fit = computed
+    def render(value):
+        result = _sweep_result(value)
         frame = result.frame[["L", "M", "D", result.column]].copy()
         frame["M"] = frame["M"].astype(str)
         chart = loglog_chart(frame, "D", result.column, "M", "Error against the large-D limit, by M",
                              "D", "embedding error at step K")
-        constants = pd.DataFrame(law_fit.to_dict()["constants"])
+        constants = pd.DataFrame(value["constants"])
         constant_columns = [
             Column("term", "term", tables.text),
             Column("formula", "formula", tables.text),
@@ -386,7 +405,7 @@ def shape_sweep_panel(run_at_start: bool = True) -> LessonPanel:
                    + tables.readable_table(result.frame, run_columns, "One run per shape:"))
         return chart, details
 
-    panel = LessonPanel("A sweep over shapes and the fitted error law", [depth, widths, dims], compute, render,
+    panel = LessonPanel("A sweep over shapes and the fitted error law", [depth, widths, dims], prepare, render,
                         run_at_start=run_at_start)
     panel.directory = directory
     return panel
