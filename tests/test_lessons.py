@@ -268,3 +268,28 @@ def test_readable_table_formats_cells():
     assert "unknown: no interval" in text
     assert "[0.1, 0.2]" in complete
     assert "unknown: no interval" not in complete
+
+
+def test_course_query_sets_panel_controls():
+    message = panels.open_course_page("?auto_run=0&training.L=8&training.K=500&training.rule=standard")
+
+    panel = panels.training_panel()
+    rule, depth, width, dim, steps = panel.widget.children[1:6]
+
+    assert panel.outcome is None  # auto_run=0: not run
+    assert (rule.value, depth.value, width.value, steps.value) == ("standard", 8, 64, 60)
+    assert "training.K=500 is outside 1..60; using training.K=60" in message.value
+    panels.open_course_page(None)
+
+
+def test_course_query_rejects_unknown_and_invalid():
+    message = panels.open_course_page("auto_run=maybe&training.X=1&budget.law=depth&gap.D=4,16")
+
+    budget, gap = panels.budget_panel(run_at_start=False), panels.limit_gap_panel(run_at_start=False)
+
+    assert budget.widget.children[1].value == "embedding"
+    assert gap.widget.children[1].value == "4,16"
+    assert "auto_run=&#x27;maybe&#x27; is invalid: write 1 or 0" in message.value
+    assert "training.X is unknown and was ignored" in message.value
+    assert "budget.law=&#x27;depth&#x27; is invalid: choose one of embedding, output; the default is kept" in message.value
+    panels.open_course_page(None)

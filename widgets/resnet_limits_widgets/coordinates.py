@@ -58,6 +58,7 @@ from resnet_limits_widgets.explorer import (
     with_control_names,
 )
 from resnet_limits_widgets.export import ChartDownloads
+from resnet_limits_widgets.page_cookie import xsrf_cookie
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -248,6 +249,7 @@ class CoordinateView(BackgroundRun):
                 self.histogram_chart,
                 self.histogram_downloads.widget,
                 self.link,
+                xsrf_cookie(),
                 self.code,
             ]
         )

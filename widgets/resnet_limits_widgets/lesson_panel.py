@@ -15,6 +15,7 @@ import html
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Callable
 
 import altair as alt
@@ -28,7 +29,9 @@ from resnet_limits.worker import CallFailed, ComparisonWorker
 
 from resnet_limits_widgets import tables
 from resnet_limits_widgets.background import BackgroundRun
-from resnet_limits_widgets.explorer import APP_MEMORY_BUDGET_BYTES, MESSAGE_STYLES
+from resnet_limits_widgets import url_state
+from resnet_limits_widgets.explorer import APP_MEMORY_BUDGET_BYTES, MESSAGE_STYLES, message_html
+from resnet_limits_widgets.page_cookie import xsrf_cookie
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -123,6 +126,83 @@ def loglog_chart(frame: pd.DataFrame, x: str, y: str, color: str | None, title: 
     return alt.layer(*layers).properties(width=420, height=260, title=title)
 
 
+@dataclasses.dataclass
+class CourseQuery:
+    """The settings that a course page reads from its query string.
+
+    ``auto_run`` is False for ``auto_run=0``. ``values`` maps a panel's name to the texts of its
+    controls, from parameters written ``panel.control=value`` (``training.L=8``). ``message`` is
+    the page's widget for the parameters that were ignored or changed.
+    """
+
+    auto_run: bool = True
+    values: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    messages: list[str] = dataclasses.field(default_factory=list)
+    message: widgets.HTML = dataclasses.field(default_factory=lambda: widgets.HTML(""))
+
+    def add_message(self, text: str) -> None:
+        self.messages.append(text)
+        self.message.value = message_html("The link's settings were adjusted: " + "; ".join(self.messages) + ".",
+                                          "warning")
+
+
+# The query of the page being built: ``read_course_query`` sets it, and every panel made after
+# that reads its controls' initial values from it. A kernel serves one page, so one is enough.
+_COURSE_QUERY = CourseQuery()
+
+
+def read_course_query(query_string: str | None, panels: dict[str, tuple[str, ...]]) -> CourseQuery:
+    """Parse a course page's query string for the panels ``panels`` (name -> control names).
+
+    Unknown parameters and an invalid ``auto_run`` are ignored with a message in
+    ``CourseQuery.message``. Values of controls are checked when their panel is built.
+    """
+    global _COURSE_QUERY
+    query = CourseQuery()
+    for name, text in urllib.parse.parse_qsl((query_string or "").lstrip("?"), keep_blank_values=True):
+        if name == "auto_run":
+            try:
+                query.auto_run = url_state.BoolField().convert(name, text)[0]
+            except ValueError as error:
+                query.add_message(str(error))
+            continue
+        panel, _, control = name.partition(".")
+        if control not in panels.get(panel, ()):
+            known = ", ".join(f"{key}.{value}" for key, values in panels.items() for value in values)
+            query.add_message(f"{name} is unknown and was ignored (known: auto_run, {known})")
+            continue
+        query.values.setdefault(panel, {})[control] = text
+    _COURSE_QUERY = query
+    return query
+
+
+def set_control_from_text(control: widgets.Widget, name: str, text: str) -> str | None:
+    """Set ``control`` to the value written ``text``; return a message when the value was changed.
+
+    Raises ValueError, naming the parameter ``name``, when ``text`` is not a valid value.
+    """
+    if isinstance(control, widgets.Dropdown):
+        # Options are either values or (label, value) pairs.
+        values = [option[1] if isinstance(option, tuple) else option for option in control.options]
+        choices = [str(value) for value in values]
+        if text not in choices:
+            raise ValueError(f"{name}={text!r} is invalid: choose one of {', '.join(choices)}")
+        control.value = values[choices.index(text)]
+        return None
+    if isinstance(control, widgets.BoundedIntText):
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{name}={text!r} is invalid: it must be an integer") from None
+        clamped = min(max(value, control.min), control.max)
+        control.value = clamped
+        if clamped != value:
+            return f"{name}={value} is outside {control.min}..{control.max}; using {name}={clamped}"
+        return None
+    control.value = text
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerCall:
     """A call of a ``@worker_function`` of ``resnet_limits``: its "module:name" and keyword arguments."""
@@ -162,8 +242,9 @@ class LessonPanel(BackgroundRun):
     """
 
     def __init__(self, title: str, controls: list[widgets.Widget], prepare: Callable[[], WorkerCall],
-                 render: Callable[[object], tuple[alt.TopLevelMixin | None, str]], *, run_at_start: bool = True,
-                 worker: ComparisonWorker | None = None):
+                 render: Callable[[object], tuple[alt.TopLevelMixin | None, str]], *,
+                 run_at_start: bool | None = None, worker: ComparisonWorker | None = None,
+                 url_name: str | None = None, url_controls: dict[str, widgets.Widget] | None = None):
         alt.JupyterChart.enable_offline()
         self.title = title
         self.prepare_call = prepare
@@ -189,10 +270,27 @@ class LessonPanel(BackgroundRun):
             widget.add_class(name)  # selectors for browser tests
         header = widgets.HTML(f"<b>{html.escape(title)}</b>")
         buttons = widgets.HBox([self.run_button, self.cancel_button, self.progress, self.status])
-        self.widget = widgets.VBox([header, *controls, buttons, self.message, self.chart, self.details])
+        self.widget = widgets.VBox([header, *controls, buttons, self.message, self.chart, self.details,
+                                    xsrf_cookie()])
         self.widget.add_class("lesson-panel")
+        if url_name is not None:
+            self._apply_query(url_name, url_controls or {})
+        if run_at_start is None:
+            run_at_start = _COURSE_QUERY.auto_run
         if run_at_start:
             self.run()
+
+    def _apply_query(self, url_name: str, controls: dict[str, widgets.Widget]) -> None:
+        """Set the controls named in the page's query string (``url_name.control=value``)."""
+        for control_name, text in _COURSE_QUERY.values.get(url_name, {}).items():
+            parameter = f"{url_name}.{control_name}"
+            try:
+                changed = set_control_from_text(controls[control_name], parameter, text)
+            except ValueError as error:
+                _COURSE_QUERY.add_message(f"{error}; the default is kept")
+                continue
+            if changed:
+                _COURSE_QUERY.add_message(changed)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

@@ -29,6 +29,7 @@ from resnet_limits_widgets.lesson_panel import (
     LessonPanel,
     WorkerCall,
     check_shapes_fit,
+    read_course_query,
     enable_cache,
     int_control,
     loglog_chart,
@@ -41,7 +42,9 @@ from resnet_limits_widgets.tables import Column
 from resnet_limits_widgets import tables
 
 __all__ = [
+    "COURSE_PANELS",
     "LessonPanel",
+    "open_course_page",
     "budget_panel",
     "coordinate_check_panel",
     "depth_width_panel",
@@ -61,6 +64,32 @@ SHAPE_COLUMNS = (
     Column("M", "M (width)", tables.integer),
     Column("D", "D (embedding dim.)", tables.integer),
 )
+
+
+# The query parameters of the course pages: a panel's name and the names of its controls, written
+# ``?training.L=8&training.K=5``, and ``auto_run=0``, which opens a page without running its panels.
+COURSE_PANELS = {
+    "training": ("rule", "L", "M", "D", "K"),
+    "coordinates": ("n", "K", "quantity"),
+    "depth_width": ("L", "M", "D", "axis"),
+    "span": ("n", "D"),
+    "gap": ("D",),
+    "gaussian": ("D",),
+    "budget": ("law",),
+    "shape_sweep": ("L", "M", "D"),
+}
+
+
+def open_course_page(query_string: str | None = None) -> widgets.HTML:
+    """Prepare a course page: the compilation cache and the settings of the page's query string.
+
+    Returns the widget that lists the query parameters that were ignored or changed; display it
+    above the panels.
+    """
+    enable_cache()
+    query = read_course_query(query_string, COURSE_PANELS)
+    query.message.add_class("course-url-message")
+    return query.message
 
 
 def _call(name: str, **kwargs) -> WorkerCall:
@@ -92,7 +121,7 @@ def rule_table_panel() -> widgets.HTML:
     return widgets.HTML(tables.readable_table(frame, columns))
 
 
-def training_panel(run_at_start: bool = True) -> LessonPanel:
+def training_panel(run_at_start: bool | None = None) -> LessonPanel:
     """Build a panel that trains one network under a chosen rule and plots its loss per step."""
     depth = int_control("L (depth)", 16, 1, 256)
     width = int_control("M (width)", 64, 1, 1024)
@@ -117,7 +146,8 @@ def training_panel(run_at_start: bool = True) -> LessonPanel:
         details = f"<p>Loss {frame['loss'].iloc[0]:.4g} at step 0, {frame['loss'].iloc[-1]:.4g} at step {len(frame) - 1}.{diverged}</p>"
         return chart, details
 
-    return LessonPanel("One training run", [rule, depth, width, dim, steps], prepare, render, run_at_start=run_at_start)
+    return LessonPanel("One training run", [rule, depth, width, dim, steps], prepare, render, run_at_start=run_at_start,
+                       url_name="training", url_controls=dict(rule=rule, L=depth, M=width, D=dim, K=steps))
 
 
 COORDINATE_TITLES = {
@@ -128,7 +158,7 @@ COORDINATE_TITLES = {
 }
 
 
-def coordinate_check_panel(run_at_start: bool = True) -> LessonPanel:
+def coordinate_check_panel(run_at_start: bool | None = None) -> LessonPanel:
     """Build a panel that runs ``parametrization.coordinate_check`` for MLU and the standard rule."""
     scales = text_control("n (L = M = D = n)", "8, 16, 32, 64, 128")
     steps = int_control("K (gradient steps)", 3, 1, 10)
@@ -149,7 +179,8 @@ def coordinate_check_panel(run_at_start: bool = True) -> LessonPanel:
         return _coordinate_view(records, column.value, steps.value)
 
     panel = LessonPanel("Coordinate check: MLU against the standard parametrisation",
-                        [scales, steps, column], prepare, render, run_at_start=run_at_start)
+                        [scales, steps, column], prepare, render, run_at_start=run_at_start,
+                        url_name="coordinates", url_controls=dict(n=scales, K=steps, quantity=column))
 
     def redraw(_):
         if records:
@@ -190,7 +221,7 @@ def _coordinate_view(records: dict[str, list[dict]], column: str, steps: int):
 # -- part 2: depth begets width -------------------------------------------------------------------
 
 
-def depth_width_panel(run_at_start: bool = True) -> LessonPanel:
+def depth_width_panel(run_at_start: bool | None = None) -> LessonPanel:
     """Build a panel that sweeps L and M at fixed D and plots the error against the Mean ODE.
 
     The horizontal axis is L M, L or M (a dropdown that redraws without training again).
@@ -215,7 +246,8 @@ def depth_width_panel(run_at_start: bool = True) -> LessonPanel:
         return _depth_width_view(*computed, axis.value)
 
     panel = LessonPanel("Depth begets width: L and M at fixed D", [depths, widths, dim, axis], prepare, render,
-                        run_at_start=run_at_start)
+                        run_at_start=run_at_start, url_name="depth_width",
+                        url_controls=dict(L=depths, M=widths, D=dim, axis=axis))
     panel.directory = directory  # the store is deleted when the panel is garbage-collected
 
     def redraw(_):
@@ -250,7 +282,7 @@ def _depth_width_view(result, frame, slope, axis: str):
 # -- part 3: the large-embedding limit ------------------------------------------------------------
 
 
-def span_panel(run_at_start: bool = True) -> LessonPanel:
+def span_panel(run_at_start: bool | None = None) -> LessonPanel:
     """Build a panel that measures the part of trained streams outside span(E)."""
     sizes = text_control("n (L = M = n)", "4, 16, 32")
     dim = int_control("D", 64, 1, 1024)
@@ -272,10 +304,11 @@ def span_panel(run_at_start: bool = True) -> LessonPanel:
         ]
         return chart, tables.readable_table(frame, columns, f"span(E) has dimension r = {int(frame['r'].iloc[0])}.")
 
-    return LessonPanel("The stream lives in r dimensions", [sizes, dim], prepare, render, run_at_start=run_at_start)
+    return LessonPanel("The stream lives in r dimensions", [sizes, dim], prepare, render, run_at_start=run_at_start,
+                       url_name="span", url_controls=dict(n=sizes, D=dim))
 
 
-def limit_gap_panel(run_at_start: bool = True) -> LessonPanel:
+def limit_gap_panel(run_at_start: bool | None = None) -> LessonPanel:
     """Build a panel that plots the gap between the fixed-D Mean ODE and the large-D limit against D."""
     dims = text_control("D values", "4, 16, 64, 256, 1024")
 
@@ -298,10 +331,11 @@ def limit_gap_panel(run_at_start: bool = True) -> LessonPanel:
                    "slope -1/2.</p>" + tables.readable_table(frame, columns))
         return chart, details
 
-    return LessonPanel("The 1/sqrt(D) term", [dims], prepare, render, run_at_start=run_at_start)
+    return LessonPanel("The 1/sqrt(D) term", [dims], prepare, render, run_at_start=run_at_start,
+                       url_name="gap", url_controls=dict(D=dims))
 
 
-def gaussian_panel(run_at_start: bool = True) -> LessonPanel:
+def gaussian_panel(run_at_start: bool | None = None) -> LessonPanel:
     """Build a panel of histograms of the coordinates h^d(1) for growing D against the limit's Gaussian law."""
     dims = text_control("D values", "8, 64, 512")
 
@@ -323,13 +357,14 @@ def gaussian_panel(run_at_start: bool = True) -> LessonPanel:
         return alt.hconcat(*panels), tables.readable_table(
             frame, columns, "Distance between the coordinates and the Gaussian law of the limit, L = 16, M = 64, step 5:")
 
-    return LessonPanel("Coordinates become Gaussian", [dims], prepare, render, run_at_start=run_at_start)
+    return LessonPanel("Coordinates become Gaussian", [dims], prepare, render, run_at_start=run_at_start,
+                       url_name="gaussian", url_controls=dict(D=dims))
 
 
 # -- part 4: all shapes and sizes -----------------------------------------------------------------
 
 
-def budget_panel(run_at_start: bool = True) -> LessonPanel:
+def budget_panel(run_at_start: bool | None = None) -> LessonPanel:
     """Build a panel of the bound's three terms along the optimal shapes of growing budgets."""
     law = widgets.Dropdown(description="error law", options=[("embedding", "embedding"), ("output", "output")],
                            value="embedding", style=DESCRIPTION_STYLE)
@@ -367,10 +402,11 @@ def budget_panel(run_at_start: bool = True) -> LessonPanel:
         )
         return chart, details
 
-    return LessonPanel("The bound along the optimal shapes", [law], prepare, render, run_at_start=run_at_start)
+    return LessonPanel("The bound along the optimal shapes", [law], prepare, render, run_at_start=run_at_start,
+                       url_name="budget", url_controls=dict(law=law))
 
 
-def shape_sweep_panel(run_at_start: bool = True) -> LessonPanel:
+def shape_sweep_panel(run_at_start: bool | None = None) -> LessonPanel:
     """Build a panel that sweeps M and D at fixed L, fits the error law and plots the error against D."""
     depth = int_control("L (fixed)", 8, 1, 256)
     widths = text_control("M values", "4, 32")
@@ -406,6 +442,7 @@ def shape_sweep_panel(run_at_start: bool = True) -> LessonPanel:
         return chart, details
 
     panel = LessonPanel("A sweep over shapes and the fitted error law", [depth, widths, dims], prepare, render,
-                        run_at_start=run_at_start)
+                        run_at_start=run_at_start, url_name="shape_sweep",
+                        url_controls=dict(L=depth, M=widths, D=dims))
     panel.directory = directory
     return panel

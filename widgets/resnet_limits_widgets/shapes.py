@@ -28,6 +28,7 @@ from resnet_limits.sweeps.fits import select_step
 from resnet_limits_widgets import url_state
 from resnet_limits_widgets.explorer import DESCRIPTION_STYLE, message_html
 from resnet_limits_widgets.export import ChartDownloads
+from resnet_limits_widgets.page_cookie import xsrf_cookie
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -267,6 +268,7 @@ class ShapeApp:
                 self.chart,
                 self.downloads.widget,
                 self.link,
+                xsrf_cookie(),
             ]
         )
 
