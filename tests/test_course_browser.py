@@ -1,7 +1,7 @@
 """The four course parts served by one Voila server and driven by headless Chromium, offline.
 
 Each page opens with ``auto_run=0`` and small settings from its query string, so it computes
-only what the test asks for. The test cancels a long run, changes a control and runs a panel,
+only what the test requests. The test cancels a long run, changes a control and runs a panel,
 then leaves the page and checks that Voila shut its kernel and the kernel's worker process down.
 The server culls kernels that stay idle without a page for CULL_IDLE_SECONDS, which the last
 part checks by closing its page without the browser's shutdown request.
@@ -33,9 +33,10 @@ def course_query(**values) -> str:
     return "auto_run=0" + "".join(f"&{name.replace('__', '.')}={value}" for name, value in values.items())
 
 
-# name, query, index of the panel to cancel (None: the panel that runs, with a larger grid set
-# in its first text box), index of the panel to run, the control change (selector, index within
-# the panel, value), a text that the run must show, and whether the run comes first. Cancel may kill the worker, and a run after it starts a
+# Each part: the notebook, its query, the index of the panel to cancel and of the panel to run,
+# the control change (selector, index within the panel, value), a text that the run must show,
+# and whether the run comes first. A cancel index of None cancels the panel that runs, after
+# setting a larger grid in its first text box. Cancel may kill the worker, and a run after it starts a
 # new one, so parts 1 and 4 cancel first and check that the page's worker process stops too;
 # parts 2 and 3 run first and save that start.
 PARTS = [

@@ -263,7 +263,8 @@ def test_readable_table_formats_cells():
 
     assert "1,000,000" in text
     assert "0.167 = 1/6" in text
-    assert "0.0123" in text and "0.0123456" not in text
+    assert "0.0123" in text
+    assert "0.0123456" not in text
     assert ">unknown<" in text
     assert "unknown: no interval" in text
     assert "[0.1, 0.2]" in complete

@@ -16,6 +16,7 @@ import logging
 import math
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable
 
 import altair as alt
@@ -212,7 +213,7 @@ class WorkerCall:
 
 
 _WORKER: ComparisonWorker | None = None
-_WORKER_LOCKS: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+_WORKER_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 def lesson_worker() -> ComparisonWorker:
