@@ -154,6 +154,7 @@ def test_course_part_in_browser(course_server, browser, name, query, cancel_inde
     assert cancel_seconds < CANCEL_MS / 1000
     body = page.inner_text("body")
     assert "Traceback" not in body
+    assert "NaN" not in body
     assert page.locator(STDERR_OUTPUTS).count() == 0
     assert offline.blocked_code() == []
 

@@ -146,6 +146,10 @@ class CourseQuery:
         self.message.value = message_html("The link's settings were adjusted: " + "; ".join(self.messages) + ".",
                                           "warning")
 
+    def clear_message(self) -> None:
+        """Remove the message, which describes the settings the page opened with, once a student runs a panel."""
+        self.message.value = ""
+
 
 # The query of the page being built: ``read_course_query`` sets it, and every panel made after
 # that reads its controls' initial values from it. A kernel serves one page, so one is enough.
@@ -256,7 +260,7 @@ class LessonPanel(BackgroundRun):
         self.outcome: str | None = None  # "completed", "invalid", "failed" or "cancelled"
         self._task = None
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
-        self.run_button.on_click(lambda _: self.run())
+        self.run_button.on_click(self._on_run_click)
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
         self.cancel_button.on_click(lambda _: self.cancel())
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info",
@@ -280,6 +284,10 @@ class LessonPanel(BackgroundRun):
             run_at_start = _COURSE_QUERY.auto_run
         if run_at_start:
             self.run()
+
+    def _on_run_click(self, _button) -> None:
+        _COURSE_QUERY.clear_message()
+        self.run()
 
     def _apply_query(self, url_name: str, controls: dict[str, widgets.Widget]) -> None:
         """Set the controls named in the page's query string (``url_name.control=value``)."""
