@@ -93,6 +93,8 @@ def test_explorer_shows_query_messages_not_errors():
     assert "activation=&#x27;relu&#x27; is invalid" in app.url_message.value
     app.run_blocking()  # a run's own message leaves the link's message in place
     assert "using L=32" in app.url_message.value
+    app.depth.value = 16  # a student's change clears it
+    assert app.url_message.value == ""
 
 
 def test_explorer_task_from_query_sets_defaults():
@@ -172,6 +174,8 @@ def test_coordinate_view_applies_query_string():
     assert view.auto_run is False
     assert "unknown parameter &#x27;x&#x27; ignored" in view.url_message.value
     assert "?task=paper-tanh&amp;L=8&amp;M=32&amp;D=64&amp;k=5&amp;seed=3&amp;limit=large-D&amp;auto_run=0" in view.link.value
+    view.seed.value = 4  # a student's change clears the message about the link
+    assert view.url_message.value == ""
 
 
 def test_coordinate_view_worker_snapshot_matches_code():

@@ -280,10 +280,8 @@ def test_course_query_sets_panel_controls():
     assert panel.outcome is None  # auto_run=0: not run
     assert (rule.value, depth.value, width.value, steps.value) == ("standard", 8, 64, 60)
     assert "training.K=500 is outside 1..60; using training.K=60" in message.value
-    depth.value, width.value, dim.value = 256, 1024, 1024  # over the memory budget: no worker call
-    panel.run_button.click()  # a run that the student starts clears the message about the link
+    depth.value = 4  # a student's change clears the message about the link
     assert message.value == ""
-    assert "over the budget" in panel.message.value
     panels.open_course_page(None)
 
 

@@ -363,6 +363,7 @@ class ExplorerApp(BackgroundRun):
         self.code.value = code_html(self.code_text(), "explorer-code")
 
     def _on_control_change(self, change) -> None:
+        self.url_message.value = ""  # it describes the settings the page opened with
         if change["owner"] in (self.depth, self.width, self.dim):
             self._update_summary()
         self._update_link_and_code()

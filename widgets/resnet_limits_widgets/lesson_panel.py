@@ -146,8 +146,8 @@ class CourseQuery:
         self.message.value = message_html("The link's settings were adjusted: " + "; ".join(self.messages) + ".",
                                           "warning")
 
-    def clear_message(self) -> None:
-        """Remove the message, which describes the settings the page opened with, once a student runs a panel."""
+    def clear_message(self, _change=None) -> None:
+        """Remove the message, which describes the settings the page opened with, once a control changes."""
         self.message.value = ""
 
 
@@ -260,7 +260,7 @@ class LessonPanel(BackgroundRun):
         self.outcome: str | None = None  # "completed", "invalid", "failed" or "cancelled"
         self._task = None
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
-        self.run_button.on_click(self._on_run_click)
+        self.run_button.on_click(lambda _: self.run())
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
         self.cancel_button.on_click(lambda _: self.cancel())
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info",
@@ -280,14 +280,12 @@ class LessonPanel(BackgroundRun):
         self.widget.add_class("lesson-panel")
         if url_name is not None:
             self._apply_query(url_name, url_controls or {})
+        for control in controls:
+            control.observe(_COURSE_QUERY.clear_message, names="value")
         if run_at_start is None:
             run_at_start = _COURSE_QUERY.auto_run
         if run_at_start:
             self.run()
-
-    def _on_run_click(self, _button) -> None:
-        _COURSE_QUERY.clear_message()
-        self.run()
 
     def _apply_query(self, url_name: str, controls: dict[str, widgets.Widget]) -> None:
         """Set the controls named in the page's query string (``url_name.control=value``)."""
