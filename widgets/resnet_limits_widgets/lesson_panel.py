@@ -243,7 +243,9 @@ class LessonPanel(BackgroundRun):
     worker process (``lesson_worker()`` unless ``worker`` is given) as an asyncio task, so the
     page stays responsive and Cancel stops it within a second. ConfigError and ValueError, in
     ``prepare``, in the worker or in ``render``, are shown as invalid settings, and any other
-    exception as a failure with its type and message.
+    exception as a failure with its type and message. ``url_name`` and ``url_controls`` name the
+    panel and its controls in the page's query string (``read_course_query``), and
+    ``run_at_start=None`` follows the page's ``auto_run``.
     """
 
     def __init__(self, title: str, controls: list[widgets.Widget], prepare: Callable[[], WorkerCall],
