@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,13 +82,25 @@ def test_log_integers_too_many():
 
 
 def test_parse_axis_forms():
-    assert parse_axis("16,1,4,4", "M", "--width") == [1, 4, 16]
+    assert parse_axis("16,1,4", "M", "--width") == [1, 4, 16]
     assert parse_axis("log:1:2000:20", "D", "--dim") == log_integers(1, 2000, 20)
 
 
-@pytest.mark.parametrize("text", ["", "1,x", "0,4", "log:1:10", "log:a:10:3"])
-def test_parse_axis_invalid(text):
-    with pytest.raises(ConfigError, match="--dim|axis"):
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("", "axis is empty"),
+        ("1,x", "integers separated by commas"),
+        ("1,,2", "no empty entries"),
+        ("4,", "no empty entries"),
+        ("0,4", "set --dim to 1 or more"),
+        ("4,16,4", "4 given more than once"),
+        ("log:1:10", "log:START:STOP:COUNT"),
+        ("log:a:10:3", "must be integers"),
+    ],
+)
+def test_parse_axis_invalid(text, reason):
+    with pytest.raises(ConfigError, match=re.escape(reason)):
         parse_axis(text, "D", "--dim")
 
 
