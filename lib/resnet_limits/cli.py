@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -23,9 +24,9 @@ from resnet_limits.config import (
     check_memory,
     check_positive_float,
     check_positive_int,
-    estimate_training_bytes,
 )
 from resnet_limits.limits.extrapolation import ToleranceNotReached, estimate_limit
+from resnet_limits.limits.transformer import estimate_transformer_limit
 from resnet_limits.tasks import TASKS
 from resnet_limits.training import Trajectory
 
@@ -230,16 +231,13 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
     finished_levels: list[tuple[int, Trajectory]] = []
 
     def check_simulator_memory(settings: LimitSettings) -> None:
-        try:
-            check_memory(base, task.num_samples, settings, task.span_dim, budget)
-        except MemoryBudgetError:
-            needed = estimate_training_bytes(settings.depth_points, settings.particles, task.span_dim,
-                                             task.num_samples, base.K, base.dtype)
+        needed = check_memory(base, task.num_samples, settings, task.span_dim, math.inf, num_tokens=task.num_tokens)
+        if needed > budget:
             raise MemoryBudgetError(
                 f"the limit simulator with L' = {settings.depth_points} and M' = {settings.particles} needs "
                 f"about {needed / 2**30:.2f} GiB, over the memory budget of {budget / 2**30:.2f} GiB; "
                 "raise --memory-budget, or lower --limit-depth, --limit-particles or the accuracy asked by --tol"
-            ) from None
+            )
 
     def start_attempt(attempt: int, settings: LimitSettings) -> None:
         check_simulator_memory(settings)
@@ -253,43 +251,26 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
     status = "completed"
     try:
         if base.arch == "transformer":
-            # One plain simulation: the Transformer limit has no extrapolation and no error estimate.
-            if tol is not None:
-                raise ConfigError("--tol needs the extrapolated perceptron limit; drop --tol with --arch transformer")
-            check_memory(base, task.num_samples, limit_settings, task.span_dim, budget, num_tokens=task.num_tokens)
-            progress.update(f"{problem.kind} L'={limit_settings.depth_points} M'={limit_settings.particles}", 0, 1,
-                            unit="attempts")
-            trajectory = limits.simulate_transformer_limit(
-                problem,
-                task,
-                limit_settings,
-                steps=base.K,
-                learning_rate=base.learning_rate,
-                alpha=base.alpha,
-                activation=base.activation,
-                key_dim=base.key_dim,
-                value_dim=base.value_dim,
-                dtype=base.dtype,
+            estimate_function = functools.partial(
+                estimate_transformer_limit, key_dim=base.key_dim, value_dim=base.value_dim
             )
-            finish_level(limit_settings.depth_points, trajectory)
-            progress.update(f"{problem.kind} L'={limit_settings.depth_points} M'={limit_settings.particles}", 1, 1,
-                            unit="attempts")
         else:
-            estimate = estimate_limit(
-                problem,
-                task,
-                limit_settings,
-                tol=tol,
-                steps=base.K,
-                learning_rate=base.learning_rate,
-                alpha=base.alpha,
-                activation=base.activation,
-                dtype=base.dtype,
-                on_level=start_attempt,
-                on_level_done=finish_level,
-                memory_check=check_simulator_memory,
-            )
-            trajectory = estimate.trajectory
+            estimate_function = estimate_limit
+        estimate = estimate_function(
+            problem,
+            task,
+            limit_settings,
+            tol=tol,
+            steps=base.K,
+            learning_rate=base.learning_rate,
+            alpha=base.alpha,
+            activation=base.activation,
+            dtype=base.dtype,
+            on_level=start_attempt,
+            on_level_done=finish_level,
+            memory_check=check_simulator_memory,
+        )
+        trajectory = estimate.trajectory
     except ToleranceNotReached as error:
         print(f"\nresnet-limits: {error}", file=sys.stderr)
         status = "tolerance not reached"
@@ -330,9 +311,7 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
         "error_estimate": None if estimate is None else estimate.error_estimate,
         "relative_error_estimate": None if estimate is None else estimate.relative_error_estimate,
         "depth_points": list(estimate.depth_points) if estimate is not None else [d for d, _ in finished_levels],
-        "particles": estimate.particles if estimate is not None else (
-            limit_settings.particles if base.arch == "transformer" else None
-        ),
+        "particles": estimate.particles if estimate is not None else None,
         "steps": steps,
     }
     if args.json:
