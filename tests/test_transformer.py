@@ -282,24 +282,26 @@ def _worst_rms(a_KxDoutxNxT, b_KxDoutxNxT):
 
 
 def test_limit_estimate_covers_finer_simulation():
-    # The plain simulation with L' = 32 and M' = 2048 is the reference: its distance to an
-    # extrapolated estimate at L' = 16, M' = 4096 was measured at 6e-4 (K = 5, float32), a tenth
-    # of the coarse estimates' errors. Measured for particle seeds 0, 1, 2 at L' = 4, M' = 256:
-    # error estimates 0.010, 0.008, 0.009 against actual errors 0.006, 0.013, 0.006, so the
-    # actual error was at most 1.7 times the estimate. The Monte Carlo part dominates because
-    # the estimate of the depth error was 0.001.
+    # The plain simulation with L' = 32 and M' = 2048 is the reference: it differs from one with
+    # L' = 16, M' = 4096 and other particles by 0.0016, a twentieth of the coarse estimates'
+    # errors. The coarse settings L' = 2, M' = 64 are those of the comparison tests, which then
+    # share compiled code. Measured over particle seeds 0 to 5 (K = 5, float32): error estimates
+    # 0.022 to 0.038, mostly Monte Carlo, and actual errors 0.68 to 1.39 times the estimate,
+    # 1.01 times on average.
     task = get_task("seq-tanh")
     problem = limits.large_dim_problem(task)
     kwargs = _limit_kwargs(task, 5)
     fine = simulate_transformer_limit(problem, task, LimitSettings(32, 2048), **kwargs)
-    for seed in range(3):
-        estimate = estimate_transformer_limit(problem, task, LimitSettings(4, 256, seed), dtype="float32", **kwargs)
+    ratios = []
+    for seed in range(6):
+        estimate = estimate_transformer_limit(problem, task, LimitSettings(2, 64, seed), **kwargs)
         actual = _worst_rms(estimate.trajectory.f_KxDoutxN, fine.f_KxDoutxN)
-        assert estimate.depth_points == (4, 8, 16)
+        assert estimate.depth_points == (2, 4, 8)
         assert estimate.monte_carlo_error > estimate.depth_error > 0, seed
-        assert estimate.error_estimate < 0.03, seed
-        assert actual < 2.5 * estimate.error_estimate, (seed, actual, estimate.error_estimate)
-        assert actual > 0.1 * estimate.error_estimate, (seed, actual, estimate.error_estimate)
+        assert estimate.error_estimate < 0.08, seed
+        assert actual < 2 * estimate.error_estimate, (seed, actual, estimate.error_estimate)
+        ratios.append(actual / estimate.error_estimate)
+    assert 0.5 < np.mean(ratios) < 1.5, ratios
 
 
 def test_comparison_caches_transformer_limits(tmp_path):
