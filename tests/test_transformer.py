@@ -354,6 +354,81 @@ def test_network_gap_to_limit_shrinks_with_heads():
     assert -0.75 < slope < -0.35, (slope, gaps)
 
 
+@pytest.mark.slow
+def test_network_gap_to_limit_shrinks_with_depth():
+    # At H = M = 256 and D = 8 the bound's L-dependent terms are 1/L and sqrt(D / (L H)) +
+    # sqrt(D / (L M)), so the gap to the L, H, M -> infinity limit falls with a log-slope in L
+    # from -1 (depth term dominant) to -1/2 (fluctuation dominant). The reference is the
+    # fixed-D limit simulated with L' = 32 and M' = 2048, whose Euler and Monte Carlo errors were
+    # measured below 1e-3. Embedding seed 0 has the largest depth term of seeds 0 to 2. Mean
+    # errors at step 5 over 3 network seeds, measured for embedding seeds 0, 1, 2: embedding
+    # slopes -0.63, -0.51, -0.54 and output slopes -0.79, -0.55, -0.59 (at H = 1024: -0.73,
+    # -0.48, -0.39 and -0.96, -0.55, -0.44).
+    task = get_task("seq-tanh")
+    D, heads, steps = 8, 256, 5
+    w_embed, w_unembed = coupled_embeddings(jax.random.key(0), task, D)
+    problem, basis_DxK = limits.fixed_dim_problem(w_embed, w_unembed)
+    limit = simulate_transformer_limit(problem, task, LimitSettings(32, 2048), **_limit_kwargs(task, steps))
+    limit_h = limits.to_stream(limit.h_KxDxN, basis_DxK)[steps]
+    limit_f = limit.f_KxDoutxN[steps]
+
+    depths = (1, 2, 4, 8)
+    embedding_gaps, output_gaps = [], []
+    for depth in depths:
+        embedding, output = [], []
+        for seed in range(3):
+            model = MLUTransformer(w_embed, w_unembed, depth=depth, heads=heads, width=heads, key=jax.random.key(100 + seed))
+            trajectory = train(
+                model, task.x_DinxN, task.y_DoutxN, steps=steps, learning_rate=task.learning_rate,
+                loss_scale=task.loss_scale,
+            )
+            assert trajectory.diverged_at is None
+            embedding.append(metrics.embedding_error(trajectory.h_KxDxN[steps], limit_h))
+            output.append(metrics.output_error(trajectory.f_KxDoutxN[steps], limit_f))
+        embedding_gaps.append(np.mean(embedding))
+        output_gaps.append(np.mean(output))
+
+    embedding_slope = np.polyfit(np.log(depths), np.log(embedding_gaps), 1)[0]
+    output_slope = np.polyfit(np.log(depths), np.log(output_gaps), 1)[0]
+    assert -1.1 < embedding_slope < -0.45, (embedding_slope, embedding_gaps)
+    assert -1.1 < output_slope < -0.45, (output_slope, output_gaps)
+
+
+@pytest.mark.slow
+def test_fixed_dim_limit_approaches_large_dim_limit():
+    # The fixed-D limit differs from the large-D limit through G - E[G] = O(1/sqrt(D)). Both are
+    # simulated with the same particles (L' = 8, M' = 512), so their Euler and Monte Carlo
+    # errors mostly cancel in the gap. Mean gaps at step 5 over embedding seeds 0 to 4, measured
+    # at D = 8 to 2048: embedding 0.47, 0.20, 0.10, 0.053, 0.027 (slope -0.51; single seeds
+    # -0.37 to -0.69) and output 0.25, 0.13, 0.079, 0.033, 0.024 (slope -0.44). With L' = 4,
+    # M' = 32 the Monte Carlo floor flattened the slopes to -0.36 and -0.32.
+    task = get_task("seq-tanh")
+    steps = 5
+    settings = LimitSettings(8, 512)
+    kwargs = _limit_kwargs(task, steps)
+    large = simulate_transformer_limit(limits.large_dim_problem(task), task, settings, **kwargs)
+
+    dims = (8, 32, 128, 512, 2048)
+    embedding_gaps, output_gaps = [], []
+    for dim in dims:
+        embedding, output = [], []
+        for seed in range(5):
+            w_embed, w_unembed = coupled_embeddings(jax.random.key(seed), task, dim)
+            problem, basis_DxK = limits.fixed_dim_problem(w_embed, w_unembed)
+            fixed = simulate_transformer_limit(problem, task, settings, **kwargs)
+            fixed_h = limits.to_stream(fixed.h_KxDxN, basis_DxK)[steps]
+            large_h = limits.to_stream(large.h_KxDxN, limits.large_dim_basis(task, w_embed, w_unembed))[steps]
+            embedding.append(metrics.embedding_error(fixed_h, large_h))
+            output.append(metrics.output_error(fixed.f_KxDoutxN[steps], large.f_KxDoutxN[steps]))
+        embedding_gaps.append(np.mean(embedding))
+        output_gaps.append(np.mean(output))
+
+    embedding_slope = np.polyfit(np.log(dims), np.log(embedding_gaps), 1)[0]
+    output_slope = np.polyfit(np.log(dims), np.log(output_gaps), 1)[0]
+    assert -0.65 < embedding_slope < -0.38, (embedding_slope, embedding_gaps)
+    assert -0.65 < output_slope < -0.32, (output_slope, output_gaps)
+
+
 # -- configuration, comparison and command line ---------------------------------------------------
 
 
