@@ -509,3 +509,67 @@ app.close()"""
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPOSITORY / "notebooks")}}
     )
     client.execute()
+
+
+# -- bound, parameter count and optimal shape -----------------------------------------------------
+
+
+def test_transformer_bound_terms_and_parameters():
+    from resnet_limits import bounds
+
+    terms = bounds.transformer_bound_terms(4, 16, 64, 8)
+    assert terms == pytest.approx(
+        {"depth": 0.25, "attention": np.sqrt(8 / 64), "width": np.sqrt(8 / 256), "embedding": 1 / np.sqrt(8)}
+    )
+    # 4 layers of 16 heads (rows of W_Q, W_K: 2 d_k = 4; W_V, W_O: 2 d_v = 6 vectors of length 8,
+    # halved) and 64 units (u and v, halved).
+    assert bounds.transformer_num_parameters(4, 16, 64, 8, key_dim=2, value_dim=3) == 4 * 8 * (64 + 16 * 5)
+    config = RunConfig(task="seq-tanh", arch="transformer", L=4, H=16, M=64, D=8, key_dim=2, value_dim=3)
+    assert config.num_parameters == 4 * 8 * (64 + 16 * 5)
+    assert RunConfig(L=4, M=64, D=8).num_parameters == 4 * 64 * 8
+
+    # With H = M the attention term doubles the width term: the predicted error is the ResNet's
+    # law with the width constant times sqrt(2) and the bound with it times 2.
+    for law in (bounds.EMBEDDING_LAW, bounds.OUTPUT_LAW):
+        doubled = bounds.ErrorLaw(law.name, law.terms, (law.constants[0], np.sqrt(2) * law.constants[1], law.constants[2]))
+        assert bounds.transformer_predict(law, 4, 32, 32, 8) == pytest.approx(float(doubled.predict(4, 32, 8)))
+        summed = bounds.ErrorLaw(law.name, law.terms, (law.constants[0], 2 * law.constants[1], law.constants[2]))
+        assert bounds.transformer_bound(law, 4, 32, 32, 8) == pytest.approx(float(summed.bound(4, 32, 8)))
+
+
+def test_transformer_optimal_shape_exponents():
+    from resnet_limits import bounds
+
+    # Along the optimal path L, H and D grow as P^(1/6), P^(1/2), P^(1/3) for the embedding law.
+    budgets = np.logspace(6, 14, 5)
+    shapes = [bounds.transformer_optimal_shape(budget, key_dim=2, value_dim=2) for budget in budgets]
+    for shape, budget in zip(shapes, budgets):
+        assert shape.H == shape.M
+        assert shape.num_parameters == pytest.approx(budget, rel=0.3)
+    for name, exponent in (("L", 1 / 6), ("H", 1 / 2), ("D", 1 / 3)):
+        slope = np.polyfit(np.log(budgets), np.log([getattr(shape, name) for shape in shapes]), 1)[0]
+        assert slope == pytest.approx(exponent, abs=0.03), name
+    with pytest.raises(ValueError, match=r"parameter budget must be a finite number >= 5"):
+        bounds.transformer_optimal_shape(4)
+
+
+def test_comparison_reports_transformer_bound(capsys):
+    status = cli.main(
+        ["train", "--arch", "transformer", "--heads", "4", "-L", "2", "-M", "4", "-D", "8", "-K", "2",
+         "--limit-depth", "2", "--limit-particles", "64"]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert f"P={2 * 8 * (4 + 4 * 4)}" in out
+    assert f"sqrt(D/(L H)) = {np.sqrt(8 / 8):.4g}" in out
+    assert "optimal shape of the embedding law at this P (M = H)" in out
+    assert "limits' own output error" in out
+
+
+def test_app_summary_shows_transformer_bound():
+    app = TransformerExplorerApp(auto_run=False, compilation_cache=False, use_worker=False)
+    app.depth.value, app.width.value, app.dim.value = 4, 16, 16
+    summary = app.summary.value
+    assert f"= {4 * 16 * (16 + 16 * 4):,}</b>" in summary
+    assert "sqrt(D/(L H))" in summary
+    assert "H=M=" in summary

@@ -344,8 +344,14 @@ def _print_train_table(result: dict) -> None:
     heads = f" H={shape['H']} d_k={shape['key_dim']} d_v={shape['value_dim']}" if "H" in shape else ""
     print(f"task {result['task']}  L={shape['L']} M={shape['M']} D={shape['D']}{heads}  "
           f"P={result['num_parameters']}  status {result['status']}")
-    print(f"bound terms: 1/L = {bound['depth']:.4g}, sqrt(D/(L M)) = {bound['width']:.4g}, "
+    attention = f"sqrt(D/(L H)) = {bound['attention']:.4g}, " if "attention" in bound else ""
+    print(f"bound terms: 1/L = {bound['depth']:.4g}, {attention}sqrt(D/(L M)) = {bound['width']:.4g}, "
           f"1/sqrt(D) = {bound['embedding']:.4g}")
+    predicted = result["predicted_error"]
+    print(f"error laws predict: embedding {predicted['embedding']:.3g}, output {predicted['output']:.3g}")
+    for law, optimal in (result.get("optimal_shape") or {}).items():
+        print(f"optimal shape of the {law} law at this P (M = H): L={optimal['L']} H={optimal['H']} "
+              f"D={optimal['D']} (bound {optimal['bound']:.3g})")
     estimates = result.get("limit_error_estimate") or {}
     if estimates:
         parts = ", ".join(f"{kind} {summary['relative_error_estimate']:.1e}" for kind, summary in sorted(estimates.items()))

@@ -123,7 +123,14 @@ class RunConfig:
 
     @property
     def num_parameters(self) -> int:
-        """P = L M D, the parameter count that the bound is stated in."""
+        """P = L M D for a ResNet, the parameter count that the bound is stated in.
+
+        For a Transformer P = L D (M + H (d_k + d_v)) (``bounds.transformer_num_parameters``).
+        """
+        if self.arch == "transformer":
+            from resnet_limits.bounds import transformer_num_parameters
+
+            return transformer_num_parameters(self.L, self.H, self.M, self.D, self.key_dim, self.value_dim)
         return self.L * self.M * self.D
 
 

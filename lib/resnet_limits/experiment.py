@@ -351,13 +351,21 @@ class Comparison:
         return "completed" if self.completed else "interrupted"
 
     def bound_terms(self) -> dict[str, float]:
-        # NOTE: for a Transformer these are the terms of its perceptron blocks (L, M, D). The
-        # attention term sqrt(D / (L H)) is not included, and neither are the heads in P = L M D.
-        return bounds.bound_terms(self.config.L, self.config.M, self.config.D)
+        """Return the embedding bound's terms for this shape; a Transformer's include "attention", sqrt(D/(L H))."""
+        config = self.config
+        if config.arch == "transformer":
+            return bounds.transformer_bound_terms(config.L, config.H, config.M, config.D)
+        return bounds.bound_terms(config.L, config.M, config.D)
 
     def predicted_errors(self) -> dict[str, float]:
         """Return the error laws' predictions (fitted constants) for this shape."""
         L, M, D = self.config.L, self.config.M, self.config.D
+        if self.config.arch == "transformer":
+            H = self.config.H
+            return {
+                "embedding": bounds.transformer_predict(bounds.EMBEDDING_LAW, L, H, M, D),
+                "output": bounds.transformer_predict(bounds.OUTPUT_LAW, L, H, M, D),
+            }
         return {
             "embedding": float(bounds.EMBEDDING_LAW.predict(L, M, D)),
             "output": float(bounds.OUTPUT_LAW.predict(L, M, D)),
@@ -367,8 +375,17 @@ class Comparison:
         """Return the run as plain JSON-ready data."""
         config = self.config
         shape = {"L": config.L, "M": config.M, "D": config.D}
+        extra = {}
         if config.arch == "transformer":
             shape.update(H=config.H, key_dim=config.key_dim, value_dim=config.value_dim)
+            extra["optimal_shape"] = {
+                law.name: dataclasses.asdict(
+                    bounds.transformer_optimal_shape(
+                        config.num_parameters, law, key_dim=config.key_dim, value_dim=config.value_dim
+                    )
+                )
+                for law in (bounds.EMBEDDING_LAW, bounds.OUTPUT_LAW)
+            }
         return {
             "shape": shape,
             "arch": config.arch,
@@ -386,6 +403,7 @@ class Comparison:
             "num_parameters": config.num_parameters,
             "bound": self.bound_terms(),
             "predicted_error": self.predicted_errors(),
+            **extra,
             "status": self.status,
             "diverged_at_step": self.diverged_at,
             "limit_diverged_at_step": dict(self.limit_diverged_at),

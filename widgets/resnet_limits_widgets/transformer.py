@@ -2,11 +2,13 @@
 
 The width slider sets the heads per layer H and the perceptron width M together (M = H), so the
 three sliders are L, H and D. Everything else (runs, cancelling, charts, the worker process) is
-the explorer's. Each limit is one plain particle simulation of ``limits.transformer`` at the
-app's limit settings, with no error estimate.
+the explorer's. Each limit is the extrapolated estimate of ``limits.transformer`` at the app's
+limit settings, with an estimate of its own error. The summary beside the sliders shows the
+Transformer's bound, with the attention term sqrt(D / (L H)), its parameter count and optimal
+shapes (``bounds.transformer_*``).
 
-NOTE: the predicted errors in the charts are the laws fitted for ResNets of perceptron blocks,
-evaluated at L, M = H and D; no law has been fitted for Transformers.
+NOTE: the predicted errors use the constants fitted for ResNets of perceptron blocks, with the
+width constant for the attention term; no law has been fitted for Transformers.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dataclasses
 from resnet_limits.config import LimitSettings, RunConfig
 
 from resnet_limits_widgets.explorer import ExplorerApp
+from resnet_limits_widgets.summary import transformer_shape_summary_html
 
 # L' = 16 depth points with M' = 1024 heads and units each. The default run, both limits included,
 # took 15 s in-process on a shared 2-core CPU, and the estimated Monte Carlo error of the limits,
@@ -46,6 +49,11 @@ class TransformerExplorerApp(ExplorerApp):
         self.value_dim = value_dim
         super().__init__(task, L=L, M=H, D=D, limit_settings=limit_settings or TRANSFORMER_LIMIT_SETTINGS, **kwargs)
         self.width.description = "H (heads = units)"
+
+    def _update_summary(self) -> None:
+        self.summary.value = transformer_shape_summary_html(
+            self.depth.value, self.width.value, self.dim.value, self.key_dim, self.value_dim
+        )
 
     def config(self) -> RunConfig:
         """Return the run settings that the controls show, for a Transformer with M = H."""
