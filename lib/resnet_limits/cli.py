@@ -347,8 +347,10 @@ def _print_train_table(result: dict) -> None:
     attention = f"sqrt(D/(L H)) = {bound['attention']:.4g}, " if "attention" in bound else ""
     print(f"bound terms: 1/L = {bound['depth']:.4g}, {attention}sqrt(D/(L M)) = {bound['width']:.4g}, "
           f"1/sqrt(D) = {bound['embedding']:.4g}")
-    predicted = result["predicted_error"]
-    print(f"error laws predict: embedding {predicted['embedding']:.3g}, output {predicted['output']:.3g}")
+    if "attention" in bound:
+        predicted = result["predicted_error"]
+        print(f"error laws predict: embedding {predicted['embedding']:.3g}, output {predicted['output']:.3g} "
+              "(constants fitted for ResNets)")
     for law, optimal in (result.get("optimal_shape") or {}).items():
         print(f"optimal shape of the {law} law at this P (M = H): L={optimal['L']} H={optimal['H']} "
               f"D={optimal['D']} (bound {optimal['bound']:.3g})")
