@@ -573,3 +573,19 @@ def test_app_summary_shows_transformer_bound():
     assert f"= {4 * 16 * (16 + 16 * 4):,}</b>" in summary
     assert "sqrt(D/(L H))" in summary
     assert "H=M=" in summary
+
+
+@pytest.mark.parametrize(
+    ("argv", "options"),
+    [
+        (["train", "--heads", "8"], "--heads"),
+        (["train", "--key-dim", "3", "--value-dim", "3"], "--key-dim, --value-dim"),
+        (["limit", "--value-dim", "3"], "--value-dim"),
+    ],
+)
+def test_cli_rejects_head_options_without_transformer(capsys, argv, options):
+    status = cli.main(argv)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"error: {options} set" in err
+    assert f"add --arch transformer, or drop {options}" in err

@@ -41,9 +41,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=ARCHITECTURES, default="resnet",
                         help="network: perceptron blocks (resnet), or attention and perceptron blocks on token "
                              "sequences (transformer) (default resnet)")
-    parser.add_argument("--key-dim", type=int, default=RunConfig.key_dim,
+    parser.add_argument("--key-dim", type=int, default=None,
                         help=f"key-query dimension d_k of every head, with --arch transformer (default {RunConfig.key_dim})")
-    parser.add_argument("--value-dim", type=int, default=RunConfig.value_dim,
+    parser.add_argument("--value-dim", type=int, default=None,
                         help=f"value dimension d_v of every head, with --arch transformer (default {RunConfig.value_dim})")
     parser.add_argument("--steps", "-K", type=int, default=None, help="gradient steps K (default: the task's, 15)")
     parser.add_argument("--lr", type=float, default=None,
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--depth", "-L", type=int, default=16, help="depth L, number of blocks (default 16)")
     train.add_argument("--width", "-M", type=int, default=64, help="hidden width M, units per block (default 64)")
     train.add_argument("--dim", "-D", type=int, default=64, help="embedding dimension D (default 64)")
-    train.add_argument("--heads", type=int, default=RunConfig.H,
+    train.add_argument("--heads", type=int, default=None,
                        help=f"attention heads H per layer, with --arch transformer (default {RunConfig.H})")
     _add_common(train)
 
@@ -163,6 +163,15 @@ def _run_config(args, *, L: int, M: int, D: int) -> RunConfig:
     limit does not depend on.
     """
     arch = args.arch
+    transformer_options = {"--heads": getattr(args, "heads", None), "--key-dim": args.key_dim,
+                           "--value-dim": args.value_dim}
+    given = [option for option, value in transformer_options.items() if value is not None]
+    if given and arch != "transformer":
+        options = ", ".join(given)
+        raise ConfigError(
+            f"{options} set{'s' if len(given) == 1 else ''} the attention heads, which arch {arch!r} does not have; "
+            f"add --arch transformer, or drop {options}"
+        )
     if args.task is not None:
         task = args.task
     else:
@@ -179,9 +188,9 @@ def _run_config(args, *, L: int, M: int, D: int) -> RunConfig:
         seed=args.seed,
         dtype=args.dtype,
         arch=arch,
-        H=getattr(args, "heads", RunConfig.H),
-        key_dim=args.key_dim,
-        value_dim=args.value_dim,
+        H=RunConfig.H if getattr(args, "heads", None) is None else args.heads,
+        key_dim=RunConfig.key_dim if args.key_dim is None else args.key_dim,
+        value_dim=RunConfig.value_dim if args.value_dim is None else args.value_dim,
     )
 
 
