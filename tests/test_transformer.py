@@ -589,3 +589,46 @@ def test_cli_rejects_head_options_without_transformer(capsys, argv, options):
     assert status == 2
     assert f"error: {options} set" in err
     assert f"add --arch transformer, or drop {options}" in err
+
+
+# -- sweeps ---------------------------------------------------------------------------------------
+
+
+def test_sweep_trains_transformers_and_resumes(tmp_path):
+    from resnet_limits.sweeps import ResultStore, SweepSpec, TaskSettings, run_sweep
+    from resnet_limits.sweeps.runner import train_group
+
+    # The width axis sets H = M. Settings as in test_comparison_runs_transformer, which then
+    # shares compiled code with this test.
+    spec = SweepSpec.product(
+        (1, 2), (4,), (8,), (0,), settings=(TaskSettings("seq-tanh", K=2),), limit_tol=None,
+        limit_start=LimitSettings(2, 64), mean_ode=LimitSettings(2, 64),
+    )
+    trained = []
+
+    def stopping_trainer(task, config, seeds):
+        if trained:
+            raise KeyboardInterrupt  # stops the sweep after its first group, as Ctrl-C would
+        trained.append(config)
+        return train_group(task, config, seeds)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, tmp_path, trainer=stopping_trainer)
+    assert len(ResultStore(tmp_path).finished_ids()) == 1
+    assert (trained[0].arch, trained[0].H, trained[0].M) == ("transformer", 4, 4)
+
+    summary = run_sweep(spec, tmp_path)
+    assert (summary.skipped, summary.computed) == (1, 1)
+    frame = ResultStore(tmp_path).load()
+    assert sorted(set(frame["L"])) == [1, 2]
+    assert set(frame["status"]) == {"completed"}
+    assert set(frame["P"]) == {L * 8 * (4 + 4 * 4) for L in (1, 2)}
+
+    # The rows of L = 2 are those of a Comparison with the same config and large-D limit.
+    config = RunConfig(task="seq-tanh", arch="transformer", L=2, H=4, M=4, D=8, K=2)
+    comparison = Comparison(config, LimitSettings(2, 64), cache=None).run()
+    rows = frame[frame["L"] == 2].sort_values("step")
+    np.testing.assert_allclose(rows["loss"], [row["loss"] for row in comparison.rows], rtol=1e-6)
+    np.testing.assert_allclose(
+        rows["embedding_error_limit"], [row["embedding_error_limit"] for row in comparison.rows], rtol=1e-5
+    )

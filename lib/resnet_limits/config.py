@@ -145,7 +145,7 @@ def check_task_fits_arch(task, arch: str) -> None:
     if arch == "resnet" and task.num_tokens is not None:
         raise ConfigError(
             f"task {task.name!r} is a sequence task, which arch 'resnet' does not take; "
-            "set --arch transformer on the train or limit command, or choose another task. Sweeps train ResNets only"
+            "set --arch transformer on the train or limit command, or choose another task"
         )
 
 
