@@ -17,6 +17,7 @@ from resnet_limits.config import (
     ARCHITECTURES,
     DEFAULT_MEMORY_BUDGET_BYTES,
     DTYPES,
+    TRANSFORMER_LIMIT_SETTINGS,
     ConfigError,
     MemoryBudgetError,
     LimitSettings,
@@ -24,6 +25,7 @@ from resnet_limits.config import (
     check_memory,
     check_positive_float,
     check_positive_int,
+    default_limit_settings,
 )
 from resnet_limits.limits.extrapolation import ToleranceNotReached, estimate_limit
 from resnet_limits.limits.transformer import estimate_transformer_limit
@@ -55,10 +57,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="seed of the embeddings and unit weights, 0 to 2^32 - 1 (default 0); "
                              "the large-D limit does not depend on it")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="floating-point type (default float32)")
-    parser.add_argument("--limit-depth", type=int, default=LimitSettings.depth_points,
-                        help=f"depth points L' of the limit simulator (default {LimitSettings.depth_points})")
-    parser.add_argument("--limit-particles", type=int, default=LimitSettings.particles,
-                        help=f"particles M' per depth point, even (default {LimitSettings.particles})")
+    parser.add_argument("--limit-depth", type=int, default=None,
+                        help=f"depth points L' of the limit simulator (default {LimitSettings.depth_points}, "
+                             f"{TRANSFORMER_LIMIT_SETTINGS.depth_points} with --arch transformer)")
+    parser.add_argument("--limit-particles", type=int, default=None,
+                        help=f"particles M' per depth point, even (default {LimitSettings.particles}, "
+                             f"{TRANSFORMER_LIMIT_SETTINGS.particles} with --arch transformer)")
     parser.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET_BYTES / 2**30,
                         help="largest memory estimate accepted, in GiB (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -109,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in sweep_commands:
             return sweep_commands[args.command](args)
-        limit_settings = LimitSettings(args.limit_depth, args.limit_particles).validate()
+        defaults = default_limit_settings(args.arch)
+        limit_settings = LimitSettings(
+            defaults.depth_points if args.limit_depth is None else args.limit_depth,
+            defaults.particles if args.limit_particles is None else args.limit_particles,
+        ).validate()
         budget_gib = check_positive_float("memory budget", args.memory_budget, "--memory-budget", example=2)
         budget = int(budget_gib * 2**30)
         if args.command == "train":

@@ -36,6 +36,7 @@ from resnet_limits.config import (
     LimitSettings,
     RunConfig,
     check_memory,
+    default_limit_settings,
     jax_dtype,
 )
 from resnet_limits.limits.extrapolation import LEVELS, LimitEstimate, check_particles, estimate_limit_events
@@ -205,7 +206,7 @@ class Comparison:
         cache: LimitCache | None = DEFAULT_CACHE,
     ):
         self.config = config.resolved()
-        self.limit_settings = (limit_settings or LimitSettings()).validate()
+        self.limit_settings = (limit_settings or default_limit_settings(self.config.arch)).validate()
         self.task: Task = get_task(self.config.task)
         self.memory_estimate_bytes = check_memory(
             self.config,
