@@ -399,16 +399,17 @@ def test_fixed_dim_limit_approaches_large_dim_limit():
     # The fixed-D limit differs from the large-D limit through G - E[G] = O(1/sqrt(D)). Both are
     # simulated with the same particles (L' = 8, M' = 512), so their Euler and Monte Carlo
     # errors mostly cancel in the gap. Mean gaps at step 5 over embedding seeds 0 to 4, measured
-    # at D = 8 to 2048: embedding 0.47, 0.20, 0.10, 0.053, 0.027 (slope -0.51; single seeds
-    # -0.37 to -0.69) and output 0.25, 0.13, 0.079, 0.033, 0.024 (slope -0.44). With L' = 4,
-    # M' = 32 the Monte Carlo floor flattened the slopes to -0.36 and -0.32.
+    # at D = 8, 32, 128, 512: embedding 0.47, 0.20, 0.10, 0.053 (slope -0.52) and output 0.25,
+    # 0.13, 0.079, 0.033 (slope -0.48). Single seeds over D = 8 to 2048 gave slopes from -0.37
+    # to -0.69, and the mean of seeds 0 to 2 alone -0.44 and -0.47. With L' = 4, M' = 32 the
+    # Monte Carlo floor flattened the slopes to -0.36 and -0.32.
     task = get_task("seq-tanh")
     steps = 5
     settings = LimitSettings(8, 512)
     kwargs = _limit_kwargs(task, steps)
     large = simulate_transformer_limit(limits.large_dim_problem(task), task, settings, **kwargs)
 
-    dims = (8, 32, 128, 512, 2048)
+    dims = (8, 32, 128, 512)
     embedding_gaps, output_gaps = [], []
     for dim in dims:
         embedding, output = [], []
@@ -426,7 +427,7 @@ def test_fixed_dim_limit_approaches_large_dim_limit():
     embedding_slope = np.polyfit(np.log(dims), np.log(embedding_gaps), 1)[0]
     output_slope = np.polyfit(np.log(dims), np.log(output_gaps), 1)[0]
     assert -0.65 < embedding_slope < -0.38, (embedding_slope, embedding_gaps)
-    assert -0.65 < output_slope < -0.32, (output_slope, output_gaps)
+    assert -0.65 < output_slope < -0.35, (output_slope, output_gaps)
 
 
 # -- configuration, comparison and command line ---------------------------------------------------
