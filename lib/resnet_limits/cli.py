@@ -173,11 +173,11 @@ def _run_config(args, *, L: int, M: int, D: int) -> RunConfig:
     arch = args.arch
     transformer_options = {"--heads": getattr(args, "heads", None), "--key-dim": args.key_dim,
                            "--value-dim": args.value_dim}
-    given = [option for option, value in transformer_options.items() if value is not None]
-    if given and arch != "transformer":
-        options = ", ".join(given)
+    given_options = [option for option, value in transformer_options.items() if value is not None]
+    if given_options and arch != "transformer":
+        options = ", ".join(given_options)
         raise ConfigError(
-            f"{options} set{'s' if len(given) == 1 else ''} the attention heads, which arch {arch!r} does not have; "
+            f"{options} set{'s' if len(given_options) == 1 else ''} the attention heads, which arch {arch!r} does not have; "
             f"add --arch transformer, or drop {options}"
         )
     if args.task is not None:

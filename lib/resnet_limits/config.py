@@ -49,10 +49,10 @@ class LimitSettings:
         return self
 
 
-# Limit settings of a Transformer's comparison when none are given. A particle head costs about
-# 2 (d_k + d_v) + 2 T times a unit's work per token, so the ResNet's defaults would make the six
-# simulations of an estimate take minutes. On seq-tanh (K = 5, float64) these settings gave an
-# error estimate of 0.0019, with the three levels of both replicas done in 7 s on 2 CPU cores.
+# Limit settings of a Transformer's comparison when none are given. A particle head does more
+# work per token than a unit (queries, keys, values and T x T attention weights), so the ResNet's
+# defaults would make the six simulations of an estimate take minutes. On seq-tanh (K = 5,
+# float64) these settings gave an error estimate of 0.0019 in 7 s on a shared 2-core CPU.
 TRANSFORMER_LIMIT_SETTINGS = LimitSettings(depth_points=8, particles=1024)
 
 

@@ -7,8 +7,8 @@ limit settings, with an estimate of its own error. The summary beside the slider
 Transformer's bound, with the attention term sqrt(D / (L H)), its parameter count and optimal
 shapes (``bounds.transformer_*``).
 
-NOTE: the predicted errors use the constants fitted for ResNets of perceptron blocks, with the
-width constant for the attention term; no law has been fitted for Transformers.
+NOTE: no error law has been fitted for Transformers. The predicted errors use the constants
+fitted for ResNets of perceptron blocks, and the attention term takes the width term's constant.
 """
 
 from __future__ import annotations
