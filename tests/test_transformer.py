@@ -471,6 +471,18 @@ def test_cli_trains_transformer(capsys):
     assert len(result["steps"]) == 3
 
 
+def test_cli_limit_transformer_has_error_estimate(capsys):
+    status = cli.main(
+        ["limit", "--arch", "transformer", "-K", "2", "--limit-depth", "2", "--limit-particles", "64", "--json"]
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert (result["arch"], result["kind"]) == ("transformer", limits.LARGE_DIM)
+    assert result["depth_points"] == [2, 4, 8]
+    assert 0 < result["error_estimate"] < 0.2
+    assert len(result["steps"]) == 3
+
+
 # -- the app --------------------------------------------------------------------------------------
 
 
