@@ -363,7 +363,8 @@ def test_network_gap_to_limit_shrinks_with_depth():
     # measured below 1e-3. Embedding seed 0 has the largest depth term of seeds 0 to 2. Mean
     # errors at step 5 over 3 network seeds, measured for embedding seeds 0, 1, 2: embedding
     # slopes -0.63, -0.51, -0.54 and output slopes -0.79, -0.55, -0.59 (at H = 1024: -0.73,
-    # -0.48, -0.39 and -0.96, -0.55, -0.44).
+    # -0.48, -0.39 and -0.96, -0.55, -0.44). Network seeds 3 to 5 with embedding seed 0 gave
+    # -0.63 and -0.87.
     task = get_task("seq-tanh")
     D, heads, steps = 8, 256, 5
     w_embed, w_unembed = coupled_embeddings(jax.random.key(0), task, D)
@@ -401,8 +402,9 @@ def test_fixed_dim_limit_approaches_large_dim_limit():
     # errors mostly cancel in the gap. Mean gaps at step 5 over embedding seeds 0 to 4, measured
     # at D = 8, 32, 128, 512: embedding 0.47, 0.20, 0.10, 0.053 (slope -0.52) and output 0.25,
     # 0.13, 0.079, 0.033 (slope -0.48). Single seeds over D = 8 to 2048 gave slopes from -0.37
-    # to -0.69, and the mean of seeds 0 to 2 alone -0.44 and -0.47. With L' = 4, M' = 32 the
-    # Monte Carlo floor flattened the slopes to -0.36 and -0.32.
+    # to -0.69, and the mean of seeds 0 to 2 alone -0.44 and -0.47. Particle seeds 1 and 2 gave
+    # -0.52, -0.46 and -0.52, -0.48. With L' = 4, M' = 32 the Monte Carlo floor flattened the
+    # slopes to -0.36 and -0.32.
     task = get_task("seq-tanh")
     steps = 5
     settings = LimitSettings(8, 512)
