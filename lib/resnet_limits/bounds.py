@@ -205,9 +205,9 @@ def optimal_shape(budget: float, law: ErrorLaw = EMBEDDING_LAW, *, fitted_consta
 # -- Transformers ---------------------------------------------------------------------------------
 #
 # In a Transformer the H heads of an attention block average like the M units of a perceptron
-# block, so its attention blocks add the Monte Carlo term of the width term with H in place of M:
-# sqrt(D / (L H)) in the embedding bound, D / (L H) in the output law. The bound of a Transformer
-# of depth L is then
+# block. Its attention blocks therefore add the width term with H in place of M, which is
+# sqrt(D / (L H)) in the embedding bound and D / (L H) in the output law. The bound of a
+# Transformer of depth L is then
 #
 #     err <= C (1/L + sqrt(D / (L H)) + sqrt(D / (L M)) + 1/sqrt(D)).
 #
@@ -288,9 +288,9 @@ def transformer_optimal_shape(
 
     With M = H the attention and width terms are equal, so the bound is that of a ResNet of width
     H whose width term counts twice, and P = (1 + d_k + d_v) L H D. The real shape balances the
-    terms with the constants (1, 2, 1), the theorem's single constant C with the doubled width
-    term, so the exponents of L, H and D in P are those of ``optimal_exponents`` for the ResNet:
-    (1/6, 1/2, 1/3) for the embedding law. L and D are rounded (at least 1) and H = M the
+    terms with the constants (1, 2, 1): the theorem's single constant C, doubled for the width
+    term. The exponents of L, H and D in P are then those of ``optimal_exponents`` for the
+    ResNet, (1/6, 1/2, 1/3) for the embedding law. L and D are rounded (at least 1) and H = M the
     rounded rest of the budget, at least 1. ``bound`` is the Transformer bound with the law's
     fitted constants.
     """
