@@ -360,11 +360,11 @@ def test_network_gap_to_limit_shrinks_with_depth():
     # sqrt(D / (L M)), so the gap to the L, H, M -> infinity limit falls with a log-slope in L
     # from -1 (depth term dominant) to -1/2 (fluctuation dominant). The reference is the
     # fixed-D limit simulated with L' = 32 and M' = 2048, whose Euler and Monte Carlo errors were
-    # measured below 1e-3. Embedding seed 0 has the largest depth term of seeds 0 to 2. Mean
-    # errors at step 5 over 3 network seeds, measured for embedding seeds 0, 1, 2: embedding
-    # slopes -0.63, -0.51, -0.54 and output slopes -0.79, -0.55, -0.59 (at H = 1024: -0.73,
-    # -0.48, -0.39 and -0.96, -0.55, -0.44). Network seeds 3 to 5 with embedding seed 0 gave
-    # -0.63 and -0.87.
+    # measured below 1e-3. Embedding seed 0 has the largest depth term of seeds 0 to 2, so over
+    # L = 1, 2, 4 the depth term dominates and the band excludes a pure fluctuation. Mean errors
+    # at step 5 over 3 network seeds, measured: slopes -0.74 (embedding) and -0.92 (output)
+    # with network seeds 0 to 2, -0.75 and -0.89 with seeds 3 to 5. Embedding seeds 1 and 2,
+    # with a smaller depth term, gave -0.56 and -0.51 (embedding), -0.64 and -0.74 (output).
     task = get_task("seq-tanh")
     D, heads, steps = 8, 256, 5
     w_embed, w_unembed = coupled_embeddings(jax.random.key(0), task, D)
@@ -373,7 +373,7 @@ def test_network_gap_to_limit_shrinks_with_depth():
     limit_h = limits.to_stream(limit.h_KxDxN, basis_DxK)[steps]
     limit_f = limit.f_KxDoutxN[steps]
 
-    depths = (1, 2, 4, 8)
+    depths = (1, 2, 4)
     embedding_gaps, output_gaps = [], []
     for depth in depths:
         embedding, output = [], []
@@ -391,8 +391,8 @@ def test_network_gap_to_limit_shrinks_with_depth():
 
     embedding_slope = np.polyfit(np.log(depths), np.log(embedding_gaps), 1)[0]
     output_slope = np.polyfit(np.log(depths), np.log(output_gaps), 1)[0]
-    assert -1.1 < embedding_slope < -0.45, (embedding_slope, embedding_gaps)
-    assert -1.1 < output_slope < -0.45, (output_slope, output_gaps)
+    assert -1.1 < embedding_slope < -0.6, (embedding_slope, embedding_gaps)
+    assert -1.1 < output_slope < -0.6, (output_slope, output_gaps)
 
 
 @pytest.mark.slow
