@@ -139,8 +139,9 @@ def test_limit_fixed_dim(capsys):
 
 
 def test_limit_table(capsys):
-    status, out, _ = run_main(capsys, ["limit", "--task", "paper-linear", "--steps", "2", *SMALL_LIMIT])
+    status, out, err = run_main(capsys, ["limit", "--task", "paper-linear", "--steps", "2", *SMALL_LIMIT])
     assert status == 0
+    assert err.splitlines()[-1].startswith("large-D L'=8 M'=256    1/1 attempts")
     lines = out.splitlines()
     assert lines[0] == "large-D limit of paper-linear  status completed"
     assert lines[1].startswith("depth points L': 8, 16, 32; particles M': 256; estimated RMS error of f: ")

@@ -256,8 +256,11 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
                 "raise --memory-budget, or lower --limit-depth, --limit-particles or the accuracy asked by --tol"
             )
 
+    attempts = []  # the settings of every attempt started
+
     def start_attempt(attempt: int, settings: LimitSettings) -> None:
         check_simulator_memory(settings)
+        attempts.append(settings)
         progress.update(f"{problem.kind} L'={settings.depth_points} M'={settings.particles}", attempt,
                         attempt + 1, unit="attempts")
 
@@ -288,6 +291,10 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
             memory_check=check_simulator_memory,
         )
         trajectory = estimate.trajectory
+        if attempts:
+            last = attempts[-1]
+            progress.update(f"{problem.kind} L'={last.depth_points} M'={last.particles}", len(attempts),
+                            len(attempts), unit="attempts")
     except ToleranceNotReached as error:
         print(f"\nresnet-limits: {error}", file=sys.stderr)
         status = "tolerance not reached"
