@@ -54,25 +54,31 @@ def optimal_learning_rate(learning_rates: Sequence[float], losses: Sequence[floa
     """Return the learning rate of least loss, refined in log eta by a parabola through three grid points.
 
     Diverged runs have a NaN loss and are skipped. The result has ``learning_rate``,
-    ``grid_learning_rate`` (the best grid point), ``loss`` and ``at_edge`` (True when the best
-    grid point is the smallest or largest finite one, so the true optimum may lie outside the grid).
-    Every value is NaN (and ``at_edge`` True) when no run is finite.
+    ``grid_learning_rate`` (the best grid point), ``loss`` and ``at_edge``, True when the best
+    grid point is the smallest or largest of the grid, so that the optimum may lie outside it.
+    A best point next to a diverged run is kept as it is, because the loss has no finite value
+    beyond it. Every value is NaN (and ``at_edge`` True) when no run is finite.
     """
+    grid = sorted(float(rate) for rate in learning_rates)
     pairs = sorted((float(rate), float(loss)) for rate, loss in zip(learning_rates, losses) if math.isfinite(loss))
     if not pairs:
         return {"learning_rate": math.nan, "grid_learning_rate": math.nan, "loss": math.nan, "at_edge": True}
     index = min(range(len(pairs)), key=lambda i: pairs[i][1])
     best_rate, best_loss = pairs[index]
-    at_edge = index in (0, len(pairs) - 1)
     refined = best_rate
-    if not at_edge:
+    if 0 < index < len(pairs) - 1:
         x = np.log([pairs[index - 1][0], best_rate, pairs[index + 1][0]])
         y = np.array([pairs[index - 1][1], best_loss, pairs[index + 1][1]])
         curvature, slope, _ = np.polyfit(x, y, 2)
         if curvature > 0:
             vertex = -slope / (2 * curvature)
             refined = float(np.exp(np.clip(vertex, x[0], x[2])))
-    return {"learning_rate": refined, "grid_learning_rate": best_rate, "loss": best_loss, "at_edge": at_edge}
+    return {
+        "learning_rate": refined,
+        "grid_learning_rate": best_rate,
+        "loss": best_loss,
+        "at_edge": best_rate in (grid[0], grid[-1]),
+    }
 
 
 def learning_rate_sweep(
