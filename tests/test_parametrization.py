@@ -129,6 +129,16 @@ def test_phase_points_on_diagonal():
     assert points["standard"]["off_plane"] == "readout m_out D grows as n^0.5"
 
 
+def test_rule_overview_rows():
+    rows = {row["rule"]: row for row in pz.rule_overview()}
+
+    assert list(rows) == list(pz.RULES)
+    assert rows["completep"]["residual_multiplier"] == "L^-1"
+    assert rows["depth-mup"]["residual_multiplier"] == "L^-0.5"
+    assert (rows["depth-mup"]["gamma"], rows["depth-mup"]["lambda"]) == (0.5, -1.0)
+    assert rows["standard"]["off_plane"] == "readout m_out D grows as n^0.5"
+
+
 def test_completep_off_plane_when_width_outgrows_dim():
     point = pz.RULES["completep"].phase_point((0, 1, 0.5))
 

@@ -371,6 +371,23 @@ def rule_table(rules: Sequence[Parametrization] | None = None) -> list[dict]:
     return [row for rule in rules for row in rule.table()]
 
 
+def rule_overview(path: Sequence[float] = (1.0, 1.0, 1.0), rules: Sequence[Parametrization] | None = None) -> list[dict]:
+    """Return one row per rule: its seven scalings as formulas and its ``phase_point`` on ``path``."""
+    rules = list(RULES.values()) if rules is None else list(rules)
+    rows = []
+    for rule in rules:
+        point = rule.phase_point(path)
+        rows.append({
+            "rule": rule.name,
+            **{field: getattr(rule, field).formula() for field in SCALING_FIELDS},
+            "gamma": point["residual_exponent"],
+            "lambda": point["rate_exponent"],
+            "on_plane": point["on_plane"],
+            "off_plane": point["off_plane"],
+        })
+    return rows
+
+
 # -- networks under a rule ------------------------------------------------------------------------
 
 

@@ -48,14 +48,16 @@ class FunctionApp(BackgroundRun):
     A subclass sets ``function`` and ``css_prefix``, builds its controls and calls
     ``_build_run_controls`` before ``_update_link_and_code``. It implements ``arguments``
     (raise ConfigError for invalid controls), ``show`` and ``query_values``, and sets
-    ``url_fields``. With ``use_worker`` False, ``start_run`` computes in the kernel.
+    ``url_fields``. With ``use_worker`` False, ``start_run`` computes in the kernel. With
+    ``show_link`` False the app shows no link to its settings, for a page that holds two apps.
     """
 
     function: str
     css_prefix: str
     url_fields: dict
 
-    def _init_runner(self, *, use_worker: bool, compilation_cache: bool) -> None:
+    def _init_runner(self, *, use_worker: bool, compilation_cache: bool, show_link: bool = True) -> None:
+        self.show_link = show_link
         cache_dir = enable_compilation_cache() if compilation_cache else None
         self.worker = ComparisonWorker(compilation_cache_dir=cache_dir) if use_worker else None
         if self.worker is not None:
@@ -105,7 +107,8 @@ class FunctionApp(BackgroundRun):
         return function_code(self.function, self.arguments())
 
     def _update_link_and_code(self) -> None:
-        self.link.value = url_state.link_html(self.query_string(), f"{self.css_prefix}-link")
+        if self.show_link:
+            self.link.value = url_state.link_html(self.query_string(), f"{self.css_prefix}-link")
         try:
             self.code.value = code_html(self.code_text(), f"{self.css_prefix}-code")
         except ConfigError as error:

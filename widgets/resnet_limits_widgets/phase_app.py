@@ -135,20 +135,15 @@ def phase_chart(cells: pd.DataFrame, points: pd.DataFrame, title: str) -> alt.La
     )
 
 
-def rule_table_frame(points: pd.DataFrame) -> pd.DataFrame:
-    """Return one row per rule: its seven scalings as formulas, its place on the path and its measured regime."""
-    rows = []
-    for row in points.itertuples():
-        rule = pz.get_rule(row.rule)
-        rows.append({
-            "rule": rule.name,
-            **{field: getattr(rule, field).formula() for field in pz.SCALING_FIELDS},
-            "gamma": row.residual_exponent,
-            "lambda": row.rate_exponent,
-            "on the plane": "yes" if row.on_plane else f"no: {row.off_plane}",
-            "measured regime": row.regime,
-            "because": row.reason,
-        })
+def rule_table_frame(points: pd.DataFrame, path) -> pd.DataFrame:
+    """Return ``parametrization.rule_overview`` of the measured rules, with each rule's measured regime."""
+    measured = points.set_index("rule")
+    rows = pz.rule_overview(path, [pz.get_rule(name) for name in points["rule"]])
+    for row in rows:
+        row["on_plane"] = "yes" if row["on_plane"] else f"no: {row.pop('off_plane')}"
+        row.pop("off_plane", None)
+        row["measured regime"] = measured.loc[row["rule"], "regime"]
+        row["because"] = measured.loc[row["rule"], "reason"]
     return pd.DataFrame(rows)
 
 
@@ -156,7 +151,8 @@ class PhaseDiagramApp(FunctionApp):
     """The phase diagram of the regimes on a scaling path, shown by displaying it in a notebook or a Voila page.
 
     ``query_string`` (see ``URL_FIELDS``) sets the initial controls and ``auto_run``, which the
-    notebook reads to decide whether to run at once. ``use_worker`` False computes in the kernel.
+    notebook reads to decide whether to run at once. ``use_worker`` False computes in the kernel,
+    and ``show_link`` False hides the link to the current settings.
     """
 
     function = "resnet_limits.phase:phase_diagram"
@@ -164,11 +160,12 @@ class PhaseDiagramApp(FunctionApp):
     url_fields = URL_FIELDS
 
     def __init__(self, *, use_worker: bool = True, compilation_cache: bool = True, auto_run: bool = True,
+                 show_link: bool = True,
                  query_string: str | None = None):
         alt.JupyterChart.enable_offline()
         self.url_settings = url = url_state.parse_query(query_string, URL_FIELDS)
         self.auto_run = url.get("auto_run", auto_run)
-        self._init_runner(use_worker=use_worker, compilation_cache=compilation_cache)
+        self._init_runner(use_worker=use_worker, compilation_cache=compilation_cache, show_link=show_link)
         self._build_run_controls()
 
         def slider_range(description, limits, low, high):
@@ -274,7 +271,7 @@ class PhaseDiagramApp(FunctionApp):
         self.chart.chart = phase_chart(result["cells"], result["points"], title)
         self.downloads.update(self.chart.chart)
         self.table.value = table_html(
-            rule_table_frame(result["points"]),
+            rule_table_frame(result["points"], result["path"]),
             "The rules: their seven scalings, their point (gamma, lambda) on this path, and the regime measured "
             "by running each rule itself at the base learning rate.",
         )
