@@ -215,3 +215,42 @@ def test_standard_optimum_drifts(sweep):
 def test_transfer_rejects_short_grid():
     with pytest.raises(ConfigError, match="at least 3 positive finite values"):
         transfer.learning_rate_sweep(learning_rates=[0.1, 1.0])
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def test_cli_defaults_match_library():
+    from resnet_limits import cli_phase
+
+    assert cli_phase.PHASE_SCALES == ",".join(str(n) for n in phase.DEFAULT_SCALES)
+    assert [float(v) for v in cli_phase.PHASE_RESIDUAL_EXPONENTS.split(",")] == list(phase.DEFAULT_RESIDUAL_EXPONENTS)
+    assert [float(v) for v in cli_phase.PHASE_RATE_EXPONENTS.split(",")] == list(phase.DEFAULT_RATE_EXPONENTS)
+    assert cli_phase.TRANSFER_SCALES == ",".join(str(n) for n in transfer.DEFAULT_SCALES)
+
+
+def test_cli_phase_json(capsys):
+    import json
+
+    from resnet_limits import cli
+
+    code = cli.main(["phase", "--n", "12,24", "--gamma", "0", "--lambda=-1", "--seeds", "1", "--json"])
+
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [(cell["residual_exponent"], cell["rate_exponent"]) for cell in result["cells"]] == [(0.0, -1.0)]
+    assert [point["rule"] for point in result["points"]] == list(pz.RULES)
+    assert result["cells"][0]["regime"] in phase.REGIMES
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["phase", "--n", "12"], "at least two distinct sizes"),
+    (["phase", "--path", "1,x,1"], "invalid --path"),
+    (["transfer", "--lr-min", "1", "--lr-max", "0.5"], "--lr-max must exceed --lr-min"),
+    (["transfer", "--rules", "mup"], "unknown parametrisation 'mup'"),
+])
+def test_cli_rejects_bad_settings(argv, message, capsys):
+    from resnet_limits import cli
+
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -250,6 +250,9 @@ def diagnose(
     columns are NaN.
     """
     task = get_task(task) if isinstance(task, str) else task
+    if task.num_tokens is not None:
+        raise ConfigError(f"task {task.name!r} is a sequence task; the diagnostics train ResNets on "
+                          "paper-tanh or paper-linear")
     check_positive_int("steps", steps, "steps")
     for name, value in (("L", L), ("M", M), ("D", D)):
         check_positive_int(name, value, name)
