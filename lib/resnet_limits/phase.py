@@ -93,17 +93,6 @@ DIAGNOSTIC_COLUMNS = (
     "initial_fluctuation",
 )
 
-# The settings of one run, in the column order of the batched trainer.
-_SETTING_FIELDS = (
-    "input_multiplier",
-    "residual_multiplier",
-    "output_multiplier",
-    "u_variance",
-    "v_variance",
-    "u_learning_rate",
-    "v_learning_rate",
-)
-
 DEFAULT_PATH = (1.0, 1.0, 1.0)
 DEFAULT_SCALES = (12, 24, 48)
 DEFAULT_RESIDUAL_EXPONENTS = (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
