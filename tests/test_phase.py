@@ -229,18 +229,34 @@ def test_cli_defaults_match_library():
     assert cli_phase.TRANSFER_SCALES == ",".join(str(n) for n in transfer.DEFAULT_SCALES)
 
 
-def test_cli_phase_json(capsys):
+def test_cli_phase_passes_settings(capsys, monkeypatch):
     import json
+
+    import pandas as pd
 
     from resnet_limits import cli
 
-    code = cli.main(["phase", "--n", "12,24", "--gamma", "0", "--lambda=-1", "--seeds", "1", "--json"])
+    calls = []
+
+    def fake_phase_diagram(**kwargs):
+        calls.append(kwargs)
+        cells = pd.DataFrame([{"residual_exponent": 0.0, "rate_exponent": -1.0, "regime": "lazy", "reason": "r",
+                               "unit_movement_exponent": math.nan}])
+        points = pd.DataFrame([{"rule": "mlu", "residual_exponent": 0.0, "rate_exponent": 0.0}])
+        return {"cells": cells, "points": points, "criteria": ["c"], "path": kwargs["path"], "scales": kwargs["scales"]}
+
+    monkeypatch.setattr(phase, "phase_diagram", fake_phase_diagram)
+    code = cli.main(["phase", "--n", "12,24", "--gamma", "0", "--lambda=-1", "--seeds", "2", "--path", "1,0.5,1",
+                     "--json"])
 
     result = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert [(cell["residual_exponent"], cell["rate_exponent"]) for cell in result["cells"]] == [(0.0, -1.0)]
-    assert [point["rule"] for point in result["points"]] == list(pz.RULES)
-    assert result["cells"][0]["regime"] in phase.REGIMES
+    assert calls == [{
+        "task": "paper-tanh", "scales": [12, 24], "path": [1.0, 0.5, 1.0], "residual_exponents": [0.0],
+        "rate_exponents": [-1.0], "steps": 5, "learning_rate": None, "seeds": [0, 1], "progress": None,
+    }]
+    assert result["cells"][0]["unit_movement_exponent"] is None  # NaN is written as null
+    assert result["path"] == [1.0, 0.5, 1.0]
 
 
 @pytest.mark.parametrize("argv,message", [
