@@ -23,12 +23,9 @@ LAZY_SHAPE = (16, 1024, 16)
 BLOCK_LINEAR_SLOPE_BAND = (-2.5, -1.0)
 UNIT_MOVEMENT_SLOPE_BAND = (-1.2, -0.8)
 
-# Learning-rate transfer over n = 4 to 64 (a 16x range of L = M = D): the optimal eta under MLU
-# moves by less than MLU_DRIFT_BAND, and under the standard parametrisation by more than
-# STANDARD_DRIFT_BAND.
-TRANSFER_SCALES = (4, 16, 64)
-MLU_DRIFT_BAND = 2.0
-STANDARD_DRIFT_BAND = 16.0
+# The measured regimes of the default phase diagram and the drift of the optimal learning rate
+# over n = 4 to 64 are checked on part 6 of the course, which computes both at their defaults
+# (tests/test_phase_apps.py::test_part_six_executes).
 
 
 # -- diagnostics ----------------------------------------------------------------------------------
@@ -43,7 +40,8 @@ def test_diagnose_losses_match_default_model():
         model = MLUResNet(w_embed, w_unembed, depth=L, width=M, key=key_units, activation="tanh")
         expected = train(model, task.x_DinxN, task.y_DoutxN, steps=steps, learning_rate=1.0,
                          loss_scale=task.loss_scale)
-        row, = phase.diagnose([(pz.RULES["mlu"], 1.0)], task, L, M, D, steps=steps, dtype="float64")
+        row, = phase.diagnose([(pz.RULES["mlu"], 1.0)], task, L, M, D, steps=steps, dtype="float64",
+                              linearised=False)
 
     assert row["loss_initial"] == pytest.approx(expected.loss_K[0], rel=1e-12)
     assert row["loss_final"] == pytest.approx(expected.loss_K[-1], rel=1e-12)
@@ -52,18 +50,25 @@ def test_diagnose_losses_match_default_model():
         np.sqrt(np.mean((expected.f_KxDoutxN[-1] - expected.f_KxDoutxN[0]) ** 2)), rel=1e-10)
 
 
-def test_diagnose_reports_divergence():
-    rows = phase.diagnose([(pz.RULES["mlu"], 1.0), (pz.RULES["mlu"], 1e4)], "paper-tanh", 4, 8, 8, steps=3)
-
-    assert rows[0]["diverged_at"] is None
-    assert rows[1]["diverged_at"] is not None
-    assert math.isnan(rows[1]["loss_final"])
-    assert math.isnan(rows[1]["unit_movement"])
+@pytest.fixture(scope="module")
+def lazy_runs():
+    """Rows of MLU at every alpha of LAZY_ALPHAS, then one run of alpha = 1 at a learning rate that diverges."""
+    runs = [(pz.mlu(alpha), 1.0) for alpha in LAZY_ALPHAS] + [(pz.RULES["mlu"], 1e4)]
+    return phase.diagnose(runs, "paper-tanh", *LAZY_SHAPE, steps=5)
 
 
 @pytest.fixture(scope="module")
-def lazy_rows():
-    return phase.diagnose([(pz.mlu(alpha), 1.0) for alpha in LAZY_ALPHAS], "paper-tanh", *LAZY_SHAPE, steps=5)
+def lazy_rows(lazy_runs):
+    return lazy_runs[: len(LAZY_ALPHAS)]
+
+
+def test_diagnose_reports_divergence(lazy_runs):
+    diverged = lazy_runs[-1]
+
+    assert all(row["diverged_at"] is None for row in lazy_runs[:-1])
+    assert diverged["diverged_at"] is not None
+    assert math.isnan(diverged["loss_final"])
+    assert math.isnan(diverged["unit_movement"])
 
 
 def test_large_alpha_approaches_block_linear_model(lazy_rows):
@@ -115,34 +120,6 @@ def test_classify_criteria_in_order():
     assert (regime, reason) == ("unstable", "diverged at L=32 M=32 D=32")
 
 
-@pytest.fixture(scope="module")
-def small_diagram():
-    return phase.phase_diagram(
-        residual_exponents=[0.0, 0.5, 0.75],
-        rate_exponents=[-1.5, -1.0, 0.5],
-        rules=["mlu", "depth-mup", "standard"],
-    )
-
-
-def test_rules_measured_regimes(small_diagram):
-    points = small_diagram["points"].set_index("rule")
-
-    assert points.loc["mlu", "regime"] == "maximal local updates", points.loc["mlu", "reason"]
-    assert points.loc["depth-mup", "regime"] == "lazy", points.loc["depth-mup", "reason"]
-    assert points.loc["standard", "regime"] == "unstable", points.loc["standard", "reason"]
-    assert (points.loc["depth-mup", "residual_exponent"], points.loc["depth-mup", "rate_exponent"]) == (0.5, -1.0)
-
-
-def test_cells_measured_regimes(small_diagram):
-    cells = small_diagram["cells"].set_index(["residual_exponent", "rate_exponent"])["regime"]
-
-    assert cells[(0.0, -1.0)] == "degenerate"
-    assert cells[(0.5, -1.0)] == "lazy"
-    assert cells[(0.5, 0.5)] == "unstable"
-    assert cells[(0.75, -1.5)] == "noise-dominated"
-    assert len(small_diagram["runs"]) == (9 + 3) * 3 * 3  # settings x sizes x seeds
-
-
 @pytest.mark.parametrize("shape", [(4, 8, 16), (16, 64, 32)])
 def test_phase_cell_at_origin_is_mlu(shape):
     cell = phase.phase_cell_rule(0.0, 0.0).values(*shape)
@@ -191,25 +168,6 @@ def test_optimal_learning_rate_edges():
     assert next_to_divergence["learning_rate"] == 2.0
     assert not next_to_divergence["at_edge"]
     assert math.isnan(transfer.optimal_learning_rate([1.0, 2.0], [math.nan, math.nan])["learning_rate"])
-
-
-@pytest.fixture(scope="module")
-def sweep():
-    return transfer.learning_rate_sweep(scales=TRANSFER_SCALES)
-
-
-def test_mlu_optimum_stays_put(sweep):
-    drift = sweep["drift"].set_index("rule")
-
-    assert drift.loc["mlu", "drift"] < MLU_DRIFT_BAND, sweep["optima"]
-    assert drift.loc["mlu", "optima_at_edge"] == 0
-
-
-def test_standard_optimum_drifts(sweep):
-    drift = sweep["drift"].set_index("rule")
-
-    assert drift.loc["standard", "drift"] > STANDARD_DRIFT_BAND, sweep["optima"]
-    assert drift.loc["standard", "drift_exponent"] < -1.0, sweep["optima"]
 
 
 def test_transfer_rejects_short_grid():
