@@ -5,7 +5,7 @@ PORT ?= 8866
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install app test test-fast bench reproduce chromium clean
+.PHONY: install app course test test-fast bench reproduce chromium clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,16 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 install: $(STAMP)
 
+# A page that closes asks Voila to shut its kernel down. A kernel left without any page (a crashed
+# tab, a lost connection) is shut down, with its worker process, after CULL_IDLE_SECONDS idle.
+CULL_IDLE_SECONDS ?= 600
+CULL_FLAGS = --MappingKernelManager.cull_idle_timeout=$(CULL_IDLE_SECONDS) --MappingKernelManager.cull_interval=60
+
 app: install
-	$(BIN)/voila notebooks/explorer.ipynb --no-browser --port=$(PORT) --Voila.ip=127.0.0.1
+	$(BIN)/voila notebooks/explorer.ipynb --no-browser --port=$(PORT) --Voila.ip=127.0.0.1 $(CULL_FLAGS)
+
+course: install
+	$(BIN)/voila notebooks --no-browser --port=$(PORT) --Voila.ip=127.0.0.1 $(CULL_FLAGS)
 
 chromium:
 	bash scripts/ensure-chromium

@@ -93,6 +93,8 @@ def test_explorer_shows_query_messages_not_errors():
     assert "activation=&#x27;relu&#x27; is invalid" in app.url_message.value
     app.run_blocking()  # a run's own message leaves the link's message in place
     assert "using L=32" in app.url_message.value
+    app.depth.value = 16  # a student's change clears it
+    assert app.url_message.value == ""
 
 
 def test_explorer_task_from_query_sets_defaults():
@@ -172,6 +174,8 @@ def test_coordinate_view_applies_query_string():
     assert view.auto_run is False
     assert "unknown parameter &#x27;x&#x27; ignored" in view.url_message.value
     assert "?task=paper-tanh&amp;L=8&amp;M=32&amp;D=64&amp;k=5&amp;seed=3&amp;limit=large-D&amp;auto_run=0" in view.link.value
+    view.seed.value = 4  # a student's change clears the message about the link
+    assert view.url_message.value == ""
 
 
 def test_coordinate_view_worker_snapshot_matches_code():
@@ -304,6 +308,16 @@ def test_shape_app_rejects_bad_query_in_page():
     assert app.budget.value == pytest.approx(shapes.DEFAULT_BUDGET)
     assert "P=&#x27;abc&#x27; is invalid" in app.message.value
     assert "law=&#x27;depth&#x27; is invalid" in app.message.value
+
+
+def test_shape_app_clears_link_message_on_change():
+    app = ShapeApp(query_string="P=1e12")
+    assert "adjusted" in app.message.value
+
+    app.budget.value = 1e5
+
+    assert app.message.value == ""
+    assert "P = 1e+05" in app.readout.value
 
 
 def test_shape_app_draws_sweep_runs(tmp_path):

@@ -248,7 +248,7 @@ def test_limit_tolerance_not_reached(capsys):
 def test_limit_rejects_bad_tolerance(capsys):
     status, _, err = run_main(capsys, ["limit", "--tol", "0"])
     assert status == 2
-    assert "--tol" in err
+    assert "tol must be positive and finite, got 0.0; set --tol to a value such as 0.001" in err
 
 
 # -- sweep, fit and shape -----------------------------------------------------------------------
@@ -278,7 +278,11 @@ def test_sweep_resumes_and_fits(capsys, tmp_path):
 
     status, stdout, _ = run_main(capsys, ["fit", out])
     assert status == 0
-    assert stdout.splitlines()[0] == f"{out}: 4 runs at last step K, errors against the limit"
+    assert stdout.splitlines()[0] == f"{out}: 4 runs at last step K, errors against the large-D limit"
+
+    status, stdout, _ = run_main(capsys, ["fit", out, "--reference", "mean_ode"])
+    assert status == 0
+    assert stdout.splitlines()[0] == f"{out}: 4 runs at last step K, errors against the fixed-D Mean ODE"
 
 
 def test_sweep_rejects_other_spec(capsys, tmp_path):
@@ -345,6 +349,13 @@ def test_shape_on_path(capsys):
     result = json.loads(out)
     assert result["shape"] == {"L": 10, "M": 100000, "D": 100}
     assert result["rate"] == pytest.approx(1 / 8, abs=1e-9)
+
+
+def test_shape_on_flat_path(capsys):
+    status, out, _ = run_main(capsys, ["shape", "-P", "1e6", "--path", "1/2"])
+    assert status == 0
+    assert "L=32 M=31 D=1000" in out
+    assert "exponents of P for L, M, D: 1/4, 1/4, 1/2; the bound does not decay with P (rate 0)" in out
 
 
 def test_shape_rejects_small_budget(capsys):

@@ -18,12 +18,14 @@ COURSE = (
 )
 BINDER = "https://mybinder.org/v2/gh/resnet-limits/resnet-limits/HEAD?urlpath="
 
-# Every panel of a notebook is displayed under a name; this cell checks that each one computed.
+# Every panel of a notebook is displayed under a name; this cell waits for each one's run and
+# checks that it computed.
 PANELS_CHECK = """
 from resnet_limits_widgets.lessons import LessonPanel
 panels = [value for value in list(globals().values()) if isinstance(value, LessonPanel)]
 assert panels, "no panel found"
 for panel in panels:
+    await panel.wait()
     assert panel.result is not None, (panel.status.value, panel.message.value)
     assert panel.message.value == "", panel.message.value
 print("panels computed", len(panels))

@@ -59,3 +59,18 @@ def test_environment_python_version():
 def test_binder_installs_project():
     post_build = (ROOT / "binder" / "postBuild").read_text()
     assert "pip install --no-deps -e ." in post_build
+
+
+def test_binder_and_make_cull_idle_kernels():
+    import json
+
+    config = json.loads((ROOT / "binder" / "jupyter_server_config.json").read_text())["MappingKernelManager"]
+    makefile = (ROOT / "Makefile").read_text()
+    post_build = (ROOT / "binder" / "postBuild").read_text()
+
+    assert config == {"cull_idle_timeout": 600, "cull_interval": 60}
+    assert "CULL_IDLE_SECONDS ?= 600" in makefile
+    assert "--MappingKernelManager.cull_idle_timeout=$(CULL_IDLE_SECONDS)" in makefile
+    assert "--MappingKernelManager.cull_interval=60" in makefile
+    assert "$(CULL_FLAGS)" in makefile.split("\napp:")[1].split("\n\n")[0]
+    assert "binder/jupyter_server_config.json" in post_build

@@ -142,9 +142,12 @@ def test_path_shapes_literal():
     # D = P^(1/4): L = round(1e8^(1/8)) = 10, D = 100, M = 1e8 / 1000.
     (shape,) = paths.path_shapes(1 / 4, [1e8])
     assert (shape.L, shape.M, shape.D) == (10, 100000, 100)
-    # D = P^(1/2): rate 0, so the least depth L = 1.
+    # D = P^(1/2): rate 0 for every split; the depth floor sqrt(D) gives L = M = 1e6^(1/4).
     (shape,) = paths.path_shapes(1 / 2, [1e6])
-    assert (shape.L, shape.M, shape.D) == (1, 1000, 1000)
+    assert (shape.L, shape.M, shape.D) == (32, 31, 1000)
+    # D = P^(5/12): the width term sets the rate 1/12, and the floor raises L to P^(5/24).
+    exponents = paths.path_exponents(5 / 12)
+    assert (exponents.depth, exponents.width) == pytest.approx((5 / 24, 3 / 8), abs=1e-9)
 
 
 def test_optimal_shapes_literal():

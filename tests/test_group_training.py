@@ -248,3 +248,19 @@ def test_numpy_baseline_matches_library(task_name):
     np.testing.assert_allclose(loss_K, reference.loss_K, rtol=1e-12)
     np.testing.assert_allclose(f_KxDoutxN, reference.f_KxDoutxN, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(h_KxDxN, group.h_KxDxN, rtol=1e-10, atol=1e-14)
+
+
+def test_compiled_shapes_are_bounded(monkeypatch):
+    monkeypatch.setattr(group_training, "MAX_COMPILED_SHAPES", 2)
+    group_training._train_networks.clear_cache()
+    task = get_task("paper-tanh")
+    first = group_training.train_group(task, RunConfig(L=2, M=3, D=4, K=2), [0])
+
+    sizes = []
+    for width in (4, 5, 3):
+        group_training.train_group(task, RunConfig(L=2, M=width, D=4, K=2), [0])
+        sizes.append(group_training._train_networks._cache_size())
+    again = group_training.train_group(task, RunConfig(L=2, M=3, D=4, K=2), [0])
+
+    assert sizes == [2, 1, 2]
+    np.testing.assert_array_equal(again[0].loss_K, first[0].loss_K)

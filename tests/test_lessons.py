@@ -100,21 +100,77 @@ def test_panel_shows_invalid_setting_as_message():
 
 
 def test_panel_shows_failure_as_message():
-    def compute():
+    def render(result):
         raise RuntimeError("simulated failure")
 
-    panel = lesson_panel.LessonPanel("test", [], compute, lambda result: (None, ""), run_at_start=False)
+    call = lesson_panel.WorkerCall("resnet_limits.lessons:optimal_rates", {})
+    panel = lesson_panel.LessonPanel("test", [], lambda: call, render, run_at_start=False)
 
-    assert panel.run() is None
+    assert panel.run_blocking() is None
     assert "The computation failed: RuntimeError: simulated failure" in panel.message.value
     assert panel.status.value == "Failed."
+    assert panel.outcome == "failed"
+
+
+def test_panel_shows_worker_config_error_as_invalid():
+    call = lesson_panel.WorkerCall("resnet_limits.lessons:budget_terms", {"law": "depth", "budgets": [1e6]})
+    panel = lesson_panel.LessonPanel("test", [], lambda: call, lambda result: (None, ""), run_at_start=False)
+
+    assert panel.run_blocking() is None
+    assert "Cannot run these settings: unknown error law &#x27;depth&#x27;; choose embedding or output" in panel.message.value
+    assert "ConfigError" not in panel.message.value
+    assert panel.status.value == "Not run: invalid settings."
+
+
+def test_panels_share_one_worker():
+    first, second = panels.budget_panel(run_at_start=False), panels.limit_gap_panel(run_at_start=False)
+
+    assert first.worker is second.worker
+    assert first.worker is lesson_panel.lesson_worker()
+
+
+@pytest.mark.parametrize("name", ["training_run", "coordinate_checks", "depth_width_sweep", "span_table",
+                                  "limit_gap_table", "gaussian_histograms", "budget_terms", "shape_sweep"])
+def test_panel_functions_are_worker_functions(name):
+    from resnet_limits.worker import resolve_function
+
+    assert resolve_function(f"resnet_limits.lessons:{name}") is getattr(lessons, name)
+
+
+def test_panel_cancel_stops_within_a_second():
+    import asyncio
+    import time
+
+    panel = panels.span_panel(run_at_start=False)
+    sizes, dim = panel.widget.children[1:3]
+    sizes.value, dim.value = "64, 96, 128, 160", 512
+
+    async def run_and_cancel():
+        task = panel.run()
+        while "Computing" not in panel.status.value:  # the worker has started the call
+            assert not task.done(), panel.message.value
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        panel.cancel()
+        await panel.wait()
+        return time.monotonic() - started
+
+    seconds = asyncio.run(run_and_cancel())
+
+    assert seconds < 1.0
+    assert panel.outcome == "cancelled"
+    assert panel.status.value == "Cancelled."
+    assert panel.cancel_button.disabled
+    assert panel.result is None
 
 
 def test_budget_panel_shows_derived_rates():
-    panel = panels.budget_panel()
+    panel = panels.budget_panel(run_at_start=False)
 
-    assert panel.result is not None
-    assert "0.1667" in panel.details.value
+    assert panel.run_blocking() is not None
+    assert "0.167 = 1/6" in panel.details.value
+    assert "NaN" not in panel.details.value
     assert panel.message.value == ""
 
 
@@ -123,7 +179,7 @@ def test_training_panel_rejects_shape_over_budget():
     _, depth, width, dim, _ = panel.widget.children[1:6]
     depth.value, width.value, dim.value = 256, 1024, 1024
 
-    assert panel.run() is None
+    assert panel.run_blocking() is None
     assert "over the budget of 1.00 GiB; reduce L, M or D" in panel.message.value
 
 
@@ -133,7 +189,7 @@ def test_coordinate_panel_redraws_without_training():
     scales.value = "4, 8"
     steps.value = 1
 
-    result = panel.run()
+    result = panel.run_blocking()
     column.value = "stream_rms"
 
     assert set(result) == {"mlu", "standard"}
@@ -148,10 +204,10 @@ def test_training_panel_standard_rule():
     rule.value = "standard"
     depth.value, width.value, dim.value, steps.value = 4, 8, 8, 2
 
-    trajectory = panel.run()
+    trajectory = panel.run_blocking()
 
     assert trajectory is not None
-    assert len(trajectory.loss_K) == 3
+    assert len(trajectory["loss"]) == 3
     assert panel.message.value == ""
 
 
@@ -161,7 +217,7 @@ def test_depth_width_panel_switches_axis():
     depths, widths, dim, axis = panel.widget.children[1:5]
     depths.value, widths.value, dim.value = "2, 8", "4", 8
 
-    assert panel.run() is not None
+    assert panel.run_blocking() is not None
     axis.value = "M"
 
     spec = panel.chart.chart.to_dict()
@@ -170,14 +226,73 @@ def test_depth_width_panel_switches_axis():
     assert "Slope of the error against L M" in panel.details.value
 
 
-def test_slope_table_keeps_present_columns():
+def test_slope_table_names_fixed_sizes_and_intervals():
     import pandas as pd
 
-    slopes = pd.DataFrame([{"axis": "L", "M": 4, "D": 8, "slope": -0.4, "ci_low": None, "ci_high": None}])
+    slopes = pd.DataFrame([
+        {"axis": "L", "M": 4, "D": 8, "slope": -0.4, "ci_low": float("nan"), "ci_high": float("nan"), "num_points": 2},
+        {"axis": "M", "L": 2, "D": 8, "slope": -0.52, "ci_low": -0.61, "ci_high": -0.43, "num_points": 3},
+    ])
 
     text = lesson_panel.slope_table(slopes, "Slopes:")
     empty = lesson_panel.slope_table(pd.DataFrame(), "Slopes:")
 
-    assert "<th>axis</th>" in text
-    assert "<th>L</th>" not in text
+    assert "M = 4, D = 8" in text
+    assert "L = 2, D = 8" in text
+    assert "[-0.61, -0.43]" in text
+    assert "none (under 3 points)" in text
+    assert "has no 95 % interval" in text  # the note that explains the missing interval
+    assert "NaN" not in text
+    assert "ci_low" not in text
     assert "no axis has two sizes" in empty
+
+
+def test_readable_table_formats_cells():
+    import pandas as pd
+
+    from resnet_limits_widgets import tables
+
+    frame = pd.DataFrame({"P": [1_000_000], "rate": [1 / 6], "error": [0.0123456], "low": [None], "high": [0.2]})
+    columns = [tables.Column("P", "P = L M D", tables.integer),
+               tables.Column("rate", "rate", tables.fraction),
+               tables.Column("error", "error (RMS)"),
+               tables.Column(("low", "high"), "interval", missing="unknown")]
+
+    text = tables.readable_table(frame, columns, missing_note="unknown: no interval")
+    complete = tables.readable_table(frame.assign(low=0.1), columns, missing_note="unknown: no interval")
+
+    assert "1,000,000" in text
+    assert "0.167 = 1/6" in text
+    assert "0.0123" in text
+    assert "0.0123456" not in text
+    assert ">unknown<" in text
+    assert "unknown: no interval" in text
+    assert "[0.1, 0.2]" in complete
+    assert "unknown: no interval" not in complete
+
+
+def test_course_query_sets_panel_controls():
+    message = panels.open_course_page("?auto_run=0&training.L=8&training.K=500&training.rule=standard")
+
+    panel = panels.training_panel()
+    rule, depth, width, dim, steps = panel.widget.children[1:6]
+
+    assert panel.outcome is None  # auto_run=0: not run
+    assert (rule.value, depth.value, width.value, steps.value) == ("standard", 8, 64, 60)
+    assert "training.K=500 is outside 1..60; using training.K=60" in message.value
+    depth.value = 4  # a student's change clears the message about the link
+    assert message.value == ""
+    panels.open_course_page(None)
+
+
+def test_course_query_rejects_unknown_and_invalid():
+    message = panels.open_course_page("auto_run=maybe&training.X=1&budget.law=depth&gap.D=4,16")
+
+    budget, gap = panels.budget_panel(run_at_start=False), panels.limit_gap_panel(run_at_start=False)
+
+    assert budget.widget.children[1].value == "embedding"
+    assert gap.widget.children[1].value == "4,16"
+    assert "auto_run=&#x27;maybe&#x27; is invalid: write 1 or 0" in message.value
+    assert "training.X is unknown and was ignored" in message.value
+    assert "budget.law=&#x27;depth&#x27; is invalid: choose one of embedding, output; the default is kept" in message.value
+    panels.open_course_page(None)

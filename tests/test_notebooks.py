@@ -15,7 +15,7 @@ from resnet_limits import bounds
 from resnet_limits.compilation_cache import default_cache_dir
 from resnet_limits.experiment import ERROR_COLUMNS, Comparison
 from resnet_limits_widgets import ExplorerApp, charts
-from resnet_limits_widgets.summary import shape_summary
+from resnet_limits_widgets.summary import shape_summary, shape_summary_html
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 EXPLORER = REPOSITORY / "notebooks" / "explorer.ipynb"
@@ -214,6 +214,24 @@ def test_shape_summary_matches_bounds():
         assert summary["laws"][kind]["optimal_shape"] == bounds.optimal_shape(16 * 64 * 64, law)
         assert summary["laws"][kind]["predicted"] == pytest.approx(float(law.predict(16, 64, 64)), rel=1e-12)
         assert summary["laws"][kind]["bound"] == pytest.approx(float(law.bound(16, 64, 64)), rel=1e-12)
+
+
+def test_shape_summary_compares_bounds_with_unit_constants():
+    # At P = 65,536 the embedding law's optimal shape is L=6, M=273, D=40, whose bound with
+    # constants 1 (0.481) is above that of L=16, M=64, D=64 (1/16 + 1/4 + 1/8 = 0.4375).
+    summary = shape_summary(16, 64, 64)
+    embedding = summary["laws"]["embedding"]
+    optimal = embedding["optimal_shape"]
+
+    assert embedding["unit_bound"] == pytest.approx(0.4375, rel=1e-12)
+    assert embedding["optimal_unit_bound"] == pytest.approx(
+        1 / optimal.L + math.sqrt(optimal.D / (optimal.L * optimal.M)) + 1 / math.sqrt(optimal.D), rel=1e-12)
+    assert embedding["optimal_unit_bound"] > embedding["unit_bound"]
+
+    text = shape_summary_html(16, 64, 64)
+    assert "with every constant 1" in text
+    assert "Here the current shape has the smaller bound (embedding" in text
+    assert "Here the current shape" not in shape_summary_html(optimal.L, optimal.M, optimal.D)
 
 
 def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):

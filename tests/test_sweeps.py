@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,13 +82,25 @@ def test_log_integers_too_many():
 
 
 def test_parse_axis_forms():
-    assert parse_axis("16,1,4,4", "M", "--width") == [1, 4, 16]
+    assert parse_axis("16,1,4", "M", "--width") == [1, 4, 16]
     assert parse_axis("log:1:2000:20", "D", "--dim") == log_integers(1, 2000, 20)
 
 
-@pytest.mark.parametrize("text", ["", "1,x", "0,4", "log:1:10", "log:a:10:3"])
-def test_parse_axis_invalid(text):
-    with pytest.raises(ConfigError, match="--dim|axis"):
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("", "axis is empty"),
+        ("1,x", "integers separated by commas"),
+        ("1,,2", "no empty entries"),
+        ("4,", "no empty entries"),
+        ("0,4", "set --dim to 1 or more"),
+        ("4,16,4", "4 given more than once"),
+        ("log:1:10", "log:START:STOP:COUNT"),
+        ("log:a:10:3", "must be integers"),
+    ],
+)
+def test_parse_axis_invalid(text, reason):
+    with pytest.raises(ConfigError, match=re.escape(reason)):
         parse_axis(text, "D", "--dim")
 
 
@@ -273,6 +286,13 @@ def test_failed_group_recorded(tmp_path):
     assert (failed["message"] == "FloatingPointError: injected failure").all()
     assert (frame[frame["M"] == 2]["status"] == "completed").all()
 
+    rerun = run_sweep(small_spec(widths=(2, 4), dims=(12,)), tmp_path)
+    assert rerun.computed == len(SEEDS)
+    assert rerun.skipped == len(SEEDS)
+    frame = ResultStore(tmp_path).load()
+    assert set(frame["status"]) == {"completed"}
+    assert ResultStore(tmp_path).failed_ids() == set()
+
 
 def test_diverged_run_recorded(tmp_path):
     def diverging_trainer(task, config, seeds):
@@ -296,6 +316,15 @@ def test_memory_budget_checked_first(tmp_path):
     with pytest.raises(MemoryBudgetError, match="memory budget"):
         run_sweep(small_spec(), tmp_path, memory_budget_bytes=1000)
     assert ResultStore(tmp_path).finished_ids() == set()
+
+
+def test_trainer_memory_checked_first(tmp_path):
+    # Training L = 50, M = D = 1000 needs about 1.2e9 bytes by the general estimate and about
+    # 1.9e9 by the group trainer's plan (9 L D M floats per seed), which the sweep checks too.
+    spec = small_spec(depths=(50,), widths=(1000,), dims=(1000,))
+    with pytest.raises(MemoryBudgetError, match="seeds of shape L=50, M=1000, D=1000"):
+        run_sweep(spec, tmp_path, memory_budget_bytes=1_500_000_000)
+    assert not (tmp_path / "manifest.json").exists()
 
 
 def test_progress_reports(tmp_path):

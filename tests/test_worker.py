@@ -4,12 +4,17 @@ import asyncio
 import dataclasses
 import io
 import json
+import math
+import re
+import time
 
 import numpy as np
+import pandas as pd
+import pytest
 
 from resnet_limits.config import LimitSettings, RunConfig
 from resnet_limits.experiment import Comparison, LimitCache
-from resnet_limits.worker import ComparisonWorker, serve
+from resnet_limits.worker import CallFailed, ComparisonWorker, from_json_value, resolve_function, serve
 
 CONFIG = RunConfig(L=4, M=8, D=8, K=3)
 SETTINGS = LimitSettings(depth_points=4, particles=96)
@@ -129,3 +134,110 @@ def test_snapshot_json_round_trip_keeps_float32_values():
     np.testing.assert_array_equal(decoded.network.forward_SxDxN, snapshot.network.forward_SxDxN.astype(np.float32))
     np.testing.assert_array_equal(decoded.network.depth_s, snapshot.network.depth_s.astype(np.float32))
     assert decoded.network.loss == snapshot.network.loss
+
+
+def _calls(requests: str, functions: dict) -> list[dict]:
+    """Serve ``requests`` with calls resolved from ``functions`` and return the messages."""
+    output = io.StringIO()
+    serve(io.StringIO(requests), output, resolve=functions.__getitem__)
+    return [json.loads(line) for line in output.getvalue().splitlines()][1:]
+
+
+def test_call_returns_the_value_and_its_tables():
+    def table(*, n: int):
+        frame = pd.DataFrame({"n": np.arange(n), "half": np.arange(n) / 2, "name": ["a"] * n})
+        return {"frame": frame, "total": np.float32(0.25), "gap": float("nan"), "shape": np.ones((2, 1))}
+
+    messages = _calls(_request("call", 1, function="table", kwargs={"n": 3}), {"table": table})
+
+    assert [m["type"] for m in messages] == ["result", "finished"]
+    value = from_json_value(messages[0]["value"])
+    pd.testing.assert_frame_equal(
+        value["frame"], pd.DataFrame({"n": [0, 1, 2], "half": [0.0, 0.5, 1.0], "name": ["a", "a", "a"]})
+    )
+    assert value["total"] == 0.25 and math.isnan(value["gap"]) and value["shape"] == [[1.0], [1.0]]
+
+
+def test_call_reports_progress_failure_and_cancel():
+    def count(*, n: int, progress):
+        for done in range(1, n + 1):
+            progress("counting", done, n)
+        if n > 2:
+            raise ValueError(f"n must be at most 2, got {n}")
+        return n
+
+    messages = _calls(
+        _request("call", 1, function="count", kwargs={"n": 2})
+        + _request("call", 2, function="count", kwargs={"n": 3})
+        + _request("cancel", 3)
+        + _request("call", 3, function="count", kwargs={"n": 1}),
+        {"count": count},
+    )
+
+    assert [(m["type"], m["id"], m.get("done")) for m in messages] == [
+        ("progress", 1, 1), ("progress", 1, 2), ("result", 1, None), ("finished", 1, None),
+        ("progress", 2, 1), ("progress", 2, 2), ("progress", 2, 3), ("failed", 2, None),
+        ("cancelled", 3, None),
+    ]
+    assert messages[7]["error"] == "ValueError: n must be at most 2, got 3"
+    assert messages[7]["kind"] == "ValueError"
+
+
+def test_call_stops_at_the_next_progress_after_a_cancel():
+    import threading
+
+    started = threading.Event()
+    steps = []
+
+    def wait(*, progress):
+        for done in range(1000):
+            steps.append(done)
+            started.set()
+            progress("waiting", done, 1000)
+            time.sleep(0.01)
+
+    class Requests:
+        def __iter__(self):
+            yield _request("call", 1, function="wait", kwargs={})
+            started.wait(5)
+            yield _request("cancel", 1)
+
+    output = io.StringIO()
+    serve(Requests(), output, resolve={"wait": wait}.__getitem__)
+
+    messages = [json.loads(line) for line in output.getvalue().splitlines()]
+    assert messages[-1] == {"type": "cancelled", "id": 1, "state": None}
+    assert len(steps) < 1000
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("os:system", "name a function as 'resnet_limits.module:function'"),
+        ("resnet_limits.lessons:budget_table", "not a function marked with @worker_function"),
+        ("resnet_limits.nowhere:f", "No module named 'resnet_limits.nowhere'"),
+        ("resnet_limits.lessons:__class__.x", "name a function as"),
+    ],
+)
+def test_resolve_accepts_only_marked_library_functions(name, reason):
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        resolve_function(name)
+
+
+def test_worker_process_calls_a_library_function():
+    from resnet_limits.lessons import optimal_rates
+
+    async def call_twice(worker):
+        value = await worker.call("resnet_limits.lessons:optimal_rates")
+        with pytest.raises(CallFailed) as failure:
+            await worker.call("resnet_limits.lessons:optimal_rates", {"unknown": 1})
+        return value, failure.value
+
+    worker = ComparisonWorker()
+    try:
+        value, failure = asyncio.run(call_twice(worker))
+    finally:
+        worker.kill()
+
+    pd.testing.assert_frame_equal(value, optimal_rates())
+    assert failure.kind == "TypeError" and "unknown" in str(failure)

@@ -227,7 +227,7 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
         key_embed, _ = jax.random.split(jax.random.key(base.seed))
         w_embed, w_unembed = coupled_embeddings(key_embed, task, base.D, jax_dtype(base.dtype))
         problem, _ = limits.fixed_dim_problem(w_embed, w_unembed)
-    tol = None if args.tol is None else check_positive_float("tol", args.tol, "--tol")
+    tol = None if args.tol is None else check_positive_float("tol", args.tol, "--tol", example=1e-3)
 
     progress = _ProgressLine(enabled=not args.json or sys.stderr.isatty())
     finished_levels: list[tuple[int, Trajectory]] = []

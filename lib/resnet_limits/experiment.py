@@ -22,7 +22,6 @@ import hashlib
 import logging
 import os
 import pathlib
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 
@@ -38,6 +37,7 @@ from resnet_limits.config import (
     check_memory,
     jax_dtype,
 )
+from resnet_limits.files import write_atomically
 from resnet_limits.limits.extrapolation import LEVELS, LimitEstimate, check_particles, estimate_limit_events
 from resnet_limits.limits.transformer import simulate_transformer_limit
 from resnet_limits.models import MLUResNet, MLUTransformer
@@ -60,6 +60,12 @@ ERROR_COLUMNS = (
 
 # Simulated trajectories per limit: three levels in each of two replicas.
 LIMIT_UNITS = 2 * LEVELS
+
+
+def _save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as a NumPy archive at exactly ``path`` (np.savez would add ".npz" to a name)."""
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 class LimitCache:
@@ -133,9 +139,7 @@ class LimitCache:
         }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-                np.savez(handle, **arrays)
-            os.replace(handle.name, path)
+            write_atomically(path, lambda temporary: _save_arrays(temporary, arrays))
         except OSError as error:
             logger.warning("limit not stored in %s: %s", path, error)
 

@@ -391,6 +391,13 @@ def plan_group(config: RunConfig, num_samples: int, d_out: int, num_seeds: int,
 # -- the entry point ---------------------------------------------------------------------------
 
 
+# Compiled training functions kept at most. A sweep compiles one per shape and rarely needs it
+# again, and each one holds about 150 memory mappings of the process (measured on CPU with jax
+# 0.10.2), so a 400-shape sweep that kept them all reached the kernel's default limit of 65530
+# mappings (vm.max_map_count) and LLVM failed with "Cannot allocate memory".
+MAX_COMPILED_SHAPES = 32
+
+
 def train_group(task: Task, config: RunConfig, seeds: Sequence[int], *,
                 memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES) -> list[Trajectory]:
     """Train the network of every seed for K steps; return their trajectories in seed order.
@@ -431,6 +438,8 @@ def train_group(task: Task, config: RunConfig, seeds: Sequence[int], *,
         keys.append(key_units)
         w_unembeds.append(w_unembed)
         h0s.append((w_embed @ x_DinxN).T)
+    if _train_networks._cache_size() >= MAX_COMPILED_SHAPES:
+        _train_networks.clear_cache()
     loss_SxK, f_SxKxNxDout, h_SxKxNxD = _train_networks(
         jnp.stack(keys), jnp.stack(w_unembeds), jnp.stack(h0s), **scalars, **static
     )

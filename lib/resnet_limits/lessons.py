@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -33,11 +33,20 @@ from resnet_limits.models import MLUResNet
 from resnet_limits.sweeps import ResultStore, SweepSpec, TaskSettings, fits, paths, run_sweep
 from resnet_limits.tasks import Task, coupled_embeddings, get_task
 from resnet_limits.training import train
+from resnet_limits.worker import worker_function
 
 # Limit settings small enough for a notebook cell. With ``limit_tol=None`` the large-D limit is one
 # extrapolation at LESSON_LIMIT_START, and the fixed-D Mean ODE one simulation at LESSON_MEAN_ODE.
 LESSON_LIMIT_START = LimitSettings(depth_points=16, particles=512)
 LESSON_MEAN_ODE = LimitSettings(depth_points=32, particles=2048)
+
+# progress(stage, done, total): the callback that the worker passes to a ``@worker_function``.
+Progress = Callable[[str, int, int], None]
+
+
+def _report(progress: Progress | None, stage: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(stage, done, total)
 
 
 def _network(task: Task, L: int, M: int, D: int, seed: int, dtype: str = "float32") -> MLUResNet:
@@ -74,19 +83,22 @@ def small_sweep(
     column: str = "embedding_error_mean_ode",
     task: str = "paper-tanh",
     steps: int | None = None,
+    progress: Progress | None = None,
 ) -> SweepResult:
     """Run the sweep of depths x widths x dims x seeds into the directory ``out`` and fit slopes.
 
     The limits use LESSON_LIMIT_START (one extrapolation, no tolerance) and LESSON_MEAN_ODE, so a
     grid of a dozen small shapes takes seconds. ``out`` is a result store, so a second call with
     the same grid reads it back. ``column`` names the error of the slopes (``fits.error_column``).
-    Raises ConfigError when no run completed.
+    ``progress("training", done, total)`` is called after every finished configuration. Raises
+    ConfigError when no run completed.
     """
     spec = SweepSpec.product(
         depths, widths, dims, seeds, settings=(TaskSettings(task=task, K=steps),),
         limit_tol=None, limit_start=LESSON_LIMIT_START, mean_ode=LESSON_MEAN_ODE,
     )
-    run_sweep(spec, out)
+    on_progress = None if progress is None else (lambda state: progress("training", state.done, state.total))
+    run_sweep(spec, out, on_progress=on_progress)
     frame = fits.select_step(ResultStore(out).load())
     if frame.empty:
         raise ConfigError("no run of the sweep completed; lower the learning rate or choose smaller shapes")
@@ -118,6 +130,7 @@ def span_reduction(
     task: str = "paper-tanh",
     steps: int = 5,
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> pd.DataFrame:
     """Train one network per shape and measure how much of its streams lies outside span(E).
 
@@ -128,7 +141,8 @@ def span_reduction(
     """
     task_object = get_task(task)
     rows = []
-    for L, M, D in shapes:
+    for index, (L, M, D) in enumerate(shapes):
+        _report(progress, "training", index, len(shapes))
         model = _network(task_object, L, M, D, seed)
         _train(model, task_object, steps)
         streams = task_streams(model, task_object)
@@ -140,6 +154,7 @@ def span_reduction(
             "outside_fraction": metrics.rms(h_SxDxN - inside_SxDxN) / metrics.rms(h_SxDxN),
             "width_term": float(math.sqrt(D / (L * M))),
         })
+    _report(progress, "training", len(shapes), len(shapes))
     return pd.DataFrame(rows)
 
 
@@ -153,6 +168,7 @@ def limit_gap(
     task: str = "paper-tanh",
     steps: int | None = None,
     settings: LimitSettings = LESSON_MEAN_ODE,
+    progress: Progress | None = None,
 ) -> tuple[pd.DataFrame, fits.Slope]:
     """Return the RMS gap between the fixed-D Mean ODE and the large-D limit per D and seed, and its slope.
 
@@ -168,12 +184,15 @@ def limit_gap(
     steps = task_object.steps if steps is None else check_positive_int("steps", steps, "steps")
     options = dict(steps=steps, learning_rate=task_object.learning_rate, alpha=task_object.alpha,
                    activation=task_object.activation)
+    total = 1 + len(seeds) * len(dims)
+    _report(progress, "large-D limit", 0, total)
     large_problem = limits.large_dim_problem(task_object)
     large = limits.simulate_limit(large_problem, task_object, settings, **options)
     rows = []
     for seed in seeds:
         key_embed, _ = jax.random.split(jax.random.key(seed))
         for D in dims:
+            _report(progress, "fixed-D Mean ODE", 1 + len(rows), total)
             w_embed, w_unembed = coupled_embeddings(key_embed, task_object, D)
             fixed_problem, fixed_basis = limits.fixed_dim_problem(w_embed, w_unembed)
             fixed = limits.simulate_limit(fixed_problem, task_object, settings, **options)
@@ -204,6 +223,7 @@ def gaussian_coordinates(
     steps: int = 5,
     seed: int = 0,
     settings: LimitSettings = LESSON_MEAN_ODE,
+    progress: Progress | None = None,
 ) -> list[CoordinateHistogram]:
     """Return, per D, the histogram of a trained network's coordinates h^d(s = 1) and the limit's law.
 
@@ -213,13 +233,15 @@ def gaussian_coordinates(
     distance.
     """
     task_object = get_task(task)
+    _report(progress, "large-D limit", 0, 1 + len(dims))
     problem = limits.large_dim_problem(task_object)
     system = trained_particle_system(problem, task_object, settings, steps=steps,
                                      learning_rate=task_object.learning_rate, alpha=task_object.alpha,
                                      activation=task_object.activation)
     limit_streams = task_streams(system, task_object)
     histograms = []
-    for D in dims:
+    for index, D in enumerate(dims):
+        _report(progress, "training", 1 + index, 1 + len(dims))
         model = _network(task_object, L, M, D, seed)
         _train(model, task_object, steps)
         basis_DxK = limits.large_dim_basis(task_object, model.w_embed[...], model.w_unembed[...])
@@ -249,6 +271,7 @@ def budget_table(budgets: Sequence[float], law: bounds.ErrorLaw = bounds.EMBEDDI
     return pd.DataFrame(rows)
 
 
+@worker_function
 def optimal_rates() -> pd.DataFrame:
     """Return the exponents (a, b, c) and the rate of the embedding and output laws' optimal shapes."""
     rows = []
@@ -265,3 +288,113 @@ def path_rates(law: bounds.ErrorLaw = bounds.EMBEDDING_LAW) -> pd.DataFrame:
         {"D exponent c": c, "predicted slope": paths.predicted_path_slope(c, law)}
         for c in paths.PATH_DIM_EXPONENTS
     ])
+
+
+# -- calls from the course panels -----------------------------------------------------------------
+# Each panel of the course calls one of these functions in the worker process
+# (``resnet_limits.worker``). Arguments are JSON values and results are JSON values, arrays and
+# DataFrames, so every function here wraps one computation above.
+
+
+def _slope_dict(slope: fits.Slope) -> dict:
+    return dataclasses.asdict(slope)
+
+
+def _sweep_dict(result: SweepResult) -> dict:
+    return {"frame": result.frame, "slopes": result.slopes, "column": result.column}
+
+
+@worker_function
+def training_run(*, rule: str, L: int, M: int, D: int, steps: int, progress: Progress | None = None) -> dict:
+    """Train the network of shape (L, M, D) on paper-tanh under ``rule``; return its loss per step.
+
+    Returns ``loss`` (steps 0..K, or fewer after a divergence) and ``diverged_at`` (None, or the
+    step at which the loss stopped being finite).
+    """
+    from resnet_limits import parametrization
+
+    task_object = get_task("paper-tanh")
+    _report(progress, "training", 0, 1)
+    trajectory = parametrization.train_under_rule(parametrization.get_rule(rule), task_object, L, M, D,
+                                                  steps=steps, learning_rate=task_object.learning_rate)
+    _report(progress, "training", 1, 1)
+    return {"loss": np.asarray(trajectory.loss_K, np.float64), "diverged_at": trajectory.diverged_at}
+
+
+@worker_function
+def coordinate_checks(*, sizes: list, steps: int, rules: Sequence[str] = ("mlu", "standard"),
+                      progress: Progress | None = None) -> dict:
+    """Run ``parametrization.coordinate_check`` for each rule over the shapes ``sizes``; rows per rule.
+
+    Every shape is one call, so progress is reported per rule and shape.
+    """
+    from resnet_limits import parametrization
+
+    shapes = [tuple(int(size) for size in shape) for shape in sizes]
+    total = len(rules) * len(shapes)
+    records: dict[str, list[dict]] = {}
+    for rule_index, name in enumerate(rules):
+        records[name] = []
+        for shape_index, shape in enumerate(shapes):
+            _report(progress, f"training under {name}", rule_index * len(shapes) + shape_index, total)
+            records[name] += parametrization.coordinate_check(name, [shape], steps=steps)
+    _report(progress, "training", total, total)
+    return records
+
+
+@worker_function
+def depth_width_sweep(*, depths: list[int], widths: list[int], dim: int, out: str, seed: int = 0,
+                      progress: Progress | None = None) -> dict:
+    """Run ``small_sweep`` over depths x widths at D = ``dim`` against the fixed-D Mean ODE.
+
+    Returns the sweep (``frame``, ``slopes``, ``column``), the frame with the column ``LM`` as
+    ``table``, and the slope of the error against L M (``fits.Slope`` fields) as ``slope``.
+    """
+    result = small_sweep(depths, widths, [dim], [seed], out, progress=progress)
+    table, slope = depth_width_table(result)
+    return {**_sweep_dict(result), "table": table, "slope": _slope_dict(slope)}
+
+
+@worker_function
+def span_table(*, shapes: list, progress: Progress | None = None) -> pd.DataFrame:
+    """Return ``span_reduction`` of the shapes [L, M, D] after 5 steps."""
+    return span_reduction([tuple(int(size) for size in shape) for shape in shapes], progress=progress)
+
+
+@worker_function
+def limit_gap_table(*, dims: list[int], progress: Progress | None = None) -> dict:
+    """Return ``limit_gap`` of the dimensions ``dims``: its ``frame`` and its ``slope`` in log D."""
+    frame, slope = limit_gap(dims, progress=progress)
+    return {"frame": frame, "slope": _slope_dict(slope)}
+
+
+@worker_function
+def gaussian_histograms(*, dims: list[int], progress: Progress | None = None) -> list[dict]:
+    """Return ``gaussian_coordinates`` of ``dims`` as the fields of each ``CoordinateHistogram``.
+
+    ``CoordinateHistogram(**{name: numpy.asarray(value) ...})`` rebuilds one. Each dict also has
+    the network's ``D`` and the ``ks_statistic``.
+    """
+    histograms = gaussian_coordinates(dims, progress=progress)
+    return [{**{field.name: getattr(histogram, field.name) for field in dataclasses.fields(histogram)},
+             "D": int(D), "ks_statistic": histogram.ks_statistic()} for D, histogram in zip(dims, histograms)]
+
+
+@worker_function
+def budget_terms(*, law: str, budgets: list[float]) -> dict:
+    """Return ``budget_table`` of ``law`` ("embedding" or "output"), ``optimal_rates`` and ``path_rates``."""
+    chosen = fits.law_named(law)
+    return {"frame": budget_table(budgets, chosen), "rates": optimal_rates(), "paths": path_rates(chosen)}
+
+
+@worker_function
+def shape_sweep(*, depth: int, widths: list[int], dims: list[int], out: str, seed: int = 0,
+                progress: Progress | None = None) -> dict:
+    """Run ``small_sweep`` over widths x dims at L = ``depth`` against the large-D limit and fit the law.
+
+    Returns the sweep (``frame``, ``slopes``, ``column``) and ``constants``, the fitted constants
+    of error^2 = a^2 D/(L M) + b^2/D with their 95 % intervals (``fits.fit_error_law``).
+    """
+    result = small_sweep([depth], widths, dims, [seed], out, column="embedding_error_limit", progress=progress)
+    law_fit = fits.fit_error_law(result.frame, result.column, bounds.EMBEDDING_LAW)
+    return {**_sweep_dict(result), "constants": law_fit.to_dict()["constants"]}

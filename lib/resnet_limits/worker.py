@@ -16,6 +16,7 @@ its compiled functions between runs. Requests:
      "memory_budget_bytes": 1073741824}
     {"type": "snapshot", "id": 4, "step": 5, "config": ..., "limit_settings": ...,
      "memory_budget_bytes": ...}
+    {"type": "call", "id": 5, "function": "resnet_limits.lessons:optimal_rates", "kwargs": {}}
     {"type": "cancel", "id": 3}
 
 Messages: ``{"type": "ready"}`` once imports are done, then per run a ``progress`` message after
@@ -23,8 +24,10 @@ every event (stage, done, total and the step's row, if any). Each run ends with 
 ``finished`` (the final state of the comparison), ``cancelled`` (the same, partial) or
 ``failed`` (the error as text). A
 ``snapshot`` request runs the comparison to its step, then sends one ``snapshot`` message with
-the streams of the network and both limits (base64 float32 arrays) before ``finished``. The
-worker's standard error is the parent's, and anything the computation prints goes there too,
+the streams of the network and both limits (base64 float32 arrays) before ``finished``. A
+``call`` request runs one library function marked with ``@worker_function``: its ``progress``
+messages carry the stage, done and total that the function reports, then one ``result`` message
+holds its return value (``to_json_value``) before ``finished``. The worker's standard error is the parent's, and anything the computation prints goes there too,
 so only messages reach the pipe. The worker exits when its standard input closes, which happens
 when the parent exits.
 
@@ -37,6 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
+import inspect
 import json
 import logging
 import os
@@ -63,6 +68,94 @@ FINAL_MESSAGES = ("finished", "cancelled", "failed")
 
 class WorkerError(RuntimeError):
     """The worker process ended or broke the protocol."""
+
+
+class Cancelled(Exception):
+    """Raised by a call's ``progress`` callback once the parent has cancelled the call."""
+
+
+class CallFailed(RuntimeError):
+    """A function called in the worker raised; ``kind`` is the exception's type name."""
+
+    def __init__(self, text: str, kind: str | None = None):
+        super().__init__(text)
+        self.kind = kind
+
+
+# -- functions that the worker may call -------------------------------------------------------
+
+_MARK = "__resnet_limits_worker_function__"
+
+
+def worker_function(function):
+    """Mark a library function as callable in the worker by a ``call`` request.
+
+    The function takes keyword arguments that are JSON values and returns a value that
+    ``to_json_value`` accepts. If it has a ``progress`` parameter, the worker passes a callback
+    ``progress(stage, done, total)`` that sends a progress message and raises ``Cancelled`` once
+    the call is cancelled.
+    """
+    setattr(function, _MARK, True)
+    return function
+
+
+def resolve_function(name: str):
+    """Return the marked function named "module:attribute"; raise ValueError for any other name."""
+    module_name, separator, attribute = name.partition(":")
+    if not separator or not module_name.startswith("resnet_limits.") or not attribute.isidentifier():
+        raise ValueError(
+            f"cannot call {name!r}: name a function as 'resnet_limits.module:function'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot call {name!r}: {error}") from None
+    function = getattr(module, attribute, None)
+    if not getattr(function, _MARK, False):
+        raise ValueError(
+            f"cannot call {name!r}: it is not a function marked with @worker_function"
+        )
+    return function
+
+
+def to_json_value(value):
+    """Return ``value`` as JSON data: DataFrames tagged as tables, arrays as lists, NumPy scalars as numbers."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(value, pd.DataFrame):
+        frame = value.reset_index(drop=True)
+        return {
+            "__dataframe__": {
+                "columns": [str(column) for column in frame.columns],
+                "data": [to_json_value(frame[column].to_numpy()) for column in frame.columns],
+            }
+        }
+    if isinstance(value, dict):
+        return {str(key): to_json_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return [to_json_value(item) for item in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"a worker call cannot return a {type(value).__name__}: return JSON values, arrays or DataFrames")
+
+
+def from_json_value(value):
+    """Invert ``to_json_value``: tables become DataFrames again, everything else stays as read."""
+    if isinstance(value, dict):
+        if set(value) == {"__dataframe__"}:
+            import pandas as pd
+
+            table = value["__dataframe__"]
+            return pd.DataFrame(dict(zip(table["columns"], table["data"])), columns=table["columns"])
+        return {key: from_json_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [from_json_value(item) for item in value]
+    return value
 
 
 def comparison_state(comparison) -> dict:
@@ -203,6 +296,40 @@ class ComparisonWorker:
         )
         return self._next_id
 
+    def submit_call(self, function: str, kwargs: dict | None = None) -> int:
+        """Send a call of the marked function ``function`` ("module:name") and return the call's id."""
+        self.start()
+        self._next_id += 1
+        self._send(
+            {"type": "call", "id": self._next_id, "function": function, "kwargs": to_json_value(kwargs or {})}
+        )
+        return self._next_id
+
+    async def call(self, function: str, kwargs: dict | None = None, *, on_progress=None):
+        """Call the marked library function ``function`` in the worker and return its value.
+
+        ``on_progress(stage, done, total)`` receives every progress message. Raises CallFailed if the
+        function raised and WorkerError if the worker died. Cancelling the awaiting task cancels
+        the call (killing a worker that does not answer in time) and re-raises CancelledError.
+        """
+        call_id = self.submit_call(function, kwargs)
+        value = None
+        try:
+            async for message in self.messages(call_id):
+                kind = message["type"]
+                if kind == "progress" and on_progress is not None:
+                    on_progress(message["stage"], message["done"], message["total"])
+                elif kind == "result":
+                    value = from_json_value(message["value"])
+                elif kind == "failed":
+                    raise CallFailed(message["error"], message.get("kind"))
+                elif kind == "cancelled":
+                    raise asyncio.CancelledError
+        except asyncio.CancelledError:
+            await self.stop(call_id)
+            raise
+        return value
+
     async def messages(self, run_id: int) -> AsyncIterator[dict]:
         """Yield the messages of run ``run_id`` until its final one; raise WorkerError if the worker dies."""
         while True:
@@ -267,10 +394,37 @@ def _read_messages(process: subprocess.Popen, messages: queue.Queue) -> None:
 # -- the worker side --------------------------------------------------------------------------
 
 
-def serve(requests, output, cache=None) -> None:
+def _serve_call(request: dict, send, cancelled: set[int], resolve) -> None:
+    """Run one ``call`` request and send its progress, result and final message."""
+    call_id = request["id"]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        send({"type": "progress", "id": call_id, "stage": stage, "done": int(done), "total": int(total), "row": None})
+        if call_id in cancelled:
+            raise Cancelled
+
+    try:
+        function = resolve(request["function"])
+        kwargs = dict(request.get("kwargs") or {})
+        if "progress" in inspect.signature(function).parameters:
+            kwargs["progress"] = progress
+        value = to_json_value(function(**kwargs))
+    except Cancelled:
+        send({"type": "cancelled", "id": call_id, "state": None})
+        return
+    except Exception as error:  # reported to the parent, which shows it
+        logger.warning("call %d (%s) failed: %s: %s", call_id, request.get("function"), type(error).__name__, error)
+        send({"type": "failed", "id": call_id, "error": f"{type(error).__name__}: {error}", "kind": type(error).__name__})
+        return
+    send({"type": "result", "id": call_id, "value": value})
+    send({"type": "finished", "id": call_id, "state": None})
+
+
+def serve(requests, output, cache=None, resolve=resolve_function) -> None:
     """Run the requests read from ``requests`` (lines), writing messages to ``output``.
 
-    ``cache`` is the LimitCache of every run, the library's in-memory default if None.
+    ``cache`` is the LimitCache of every run, the library's in-memory default if None;
+    ``resolve`` turns a call's function name into the function.
     """
     from resnet_limits.coordinates import snapshot_events, snapshot_from_comparison, snapshot_to_json
     from resnet_limits.experiment import DEFAULT_CACHE, Comparison
@@ -296,11 +450,14 @@ def serve(requests, output, cache=None) -> None:
     threading.Thread(target=read_requests, daemon=True).start()
     send({"type": "ready"})
     while (request := pending.get()) is not None:
-        if request["type"] not in ("run", "snapshot"):
+        if request["type"] not in ("run", "snapshot", "call"):
             continue
         run_id = request["id"]
         if run_id in cancelled:
             send({"type": "cancelled", "id": run_id, "state": None})
+            continue
+        if request["type"] == "call":
+            _serve_call(request, send, cancelled, resolve)
             continue
         comparison = None
         try:
@@ -334,7 +491,7 @@ def serve(requests, output, cache=None) -> None:
                 send({"type": "snapshot", "id": run_id, "snapshot": snapshot_to_json(snapshot)})
         except Exception as error:  # reported to the parent, which shows it
             logger.warning("run %d failed: %s: %s", run_id, type(error).__name__, error)
-            send({"type": "failed", "id": run_id, "error": f"{type(error).__name__}: {error}"})
+            send({"type": "failed", "id": run_id, "error": f"{type(error).__name__}: {error}", "kind": type(error).__name__})
             continue
         stopped = run_id in cancelled and (request["type"] == "snapshot" or not comparison.completed)
         final = "cancelled" if stopped else "finished"

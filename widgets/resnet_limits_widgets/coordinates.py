@@ -58,6 +58,7 @@ from resnet_limits_widgets.explorer import (
     with_control_names,
 )
 from resnet_limits_widgets.export import ChartDownloads
+from resnet_limits_widgets.page_cookie import xsrf_cookie
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -204,7 +205,7 @@ class CoordinateView(BackgroundRun):
         self.cancel_button = widgets.Button(description="Cancel", icon="stop", disabled=True)
         self.cancel_button.on_click(lambda _: self.cancel())
         for control in (self.depth, self.width, self.dim, self.step, self.seed):
-            control.observe(lambda _: self._update_link_and_code(), names="value")
+            control.observe(self._on_link_control_change, names="value")
 
         self.limit_kind = widgets.Dropdown(
             description="limit", options=LIMIT_OPTIONS, value=limits.FIXED_DIM, style=DESCRIPTION_STYLE
@@ -219,7 +220,7 @@ class CoordinateView(BackgroundRun):
         self.pool_samples = widgets.Checkbox(description="histogram over all samples", value=True, indent=False)
         for control in (self.limit_kind, self.coordinates, self.sample, self.pool_samples):
             control.observe(lambda _: self.update_charts(), names="value")
-        self.limit_kind.observe(lambda _: self._update_link_and_code(), names="value")
+        self.limit_kind.observe(self._on_link_control_change, names="value")
 
     def _layout(self) -> widgets.Widget:
         run_controls = widgets.VBox(
@@ -248,6 +249,7 @@ class CoordinateView(BackgroundRun):
                 self.histogram_chart,
                 self.histogram_downloads.widget,
                 self.link,
+                xsrf_cookie(),
                 self.code,
             ]
         )
@@ -293,6 +295,13 @@ class CoordinateView(BackgroundRun):
     def code_text(self) -> str:
         """Return library code that computes the snapshot of the current settings as ``snapshot``."""
         return snapshot_code(self.config(), self.limit_settings, self.step.value)
+
+    def _on_link_control_change(self, _change) -> None:
+        # The message describes the settings the page opened with. Building the view sets some
+        # controls before the message exists.
+        if hasattr(self, "url_message"):
+            self.url_message.value = ""
+        self._update_link_and_code()
 
     def _update_link_and_code(self) -> None:
         self.link.value = url_state.link_html(self.query_string(), "coordinates-link")

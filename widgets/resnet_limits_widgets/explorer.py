@@ -41,6 +41,7 @@ from resnet_limits_widgets import charts, url_state
 from resnet_limits_widgets.background import BackgroundRun
 from resnet_limits_widgets.copy_code import code_html, comparison_code
 from resnet_limits_widgets.export import ChartDownloads
+from resnet_limits_widgets.page_cookie import xsrf_cookie
 from resnet_limits_widgets.summary import shape_summary_html
 
 logger = logging.getLogger(__name__)
@@ -312,7 +313,8 @@ class ExplorerApp(BackgroundRun):
             layout=widgets.Layout(flex_flow="row wrap"),
         )
         return widgets.VBox(
-            [top, progress, self.url_message, self.message, self.last_run, chart_row, self.link, self.code]
+            [top, progress, self.url_message, self.message, self.last_run, chart_row, self.link, self.code,
+             xsrf_cookie()]
         )
 
     def _repr_mimebundle_(self, **kwargs):
@@ -361,6 +363,7 @@ class ExplorerApp(BackgroundRun):
         self.code.value = code_html(self.code_text(), "explorer-code")
 
     def _on_control_change(self, change) -> None:
+        self.url_message.value = ""  # it describes the settings the page opened with
         if change["owner"] in (self.depth, self.width, self.dim):
             self._update_summary()
         self._update_link_and_code()

@@ -28,6 +28,7 @@ from resnet_limits.sweeps.fits import select_step
 from resnet_limits_widgets import url_state
 from resnet_limits_widgets.explorer import DESCRIPTION_STYLE, message_html
 from resnet_limits_widgets.export import ChartDownloads
+from resnet_limits_widgets.page_cookie import xsrf_cookie
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -258,7 +259,7 @@ class ShapeApp:
         self.update()
         self.message.value = message_html(url.message_text(), "warning")
         for control in (self.budget, self.law):
-            control.observe(lambda _: self.update(), names="value")
+            control.observe(self._on_control_change, names="value")
         self.widget = widgets.VBox(
             [
                 widgets.HBox([self.budget, self.law]),
@@ -267,6 +268,7 @@ class ShapeApp:
                 self.chart,
                 self.downloads.widget,
                 self.link,
+                xsrf_cookie(),
             ]
         )
 
@@ -276,6 +278,11 @@ class ShapeApp:
     def query_string(self) -> str:
         """Return the query string (leading "?") that opens the app with the current budget and law."""
         return url_state.format_query({"P": self.budget.value, "law": self.law.value}, URL_FIELDS)
+
+    def _on_control_change(self, _change) -> None:
+        # The link's adjustments describe the settings the page opened with, not the new ones.
+        self.message.value = ""
+        self.update()
 
     def update(self) -> None:
         """Recompute the heatmap, the optimal shapes and the measured points for the current controls."""

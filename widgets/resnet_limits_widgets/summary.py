@@ -27,10 +27,17 @@ def shape_summary(L: int, M: int, D: int) -> dict:
             "constants": dict(zip((term.name for term in law.terms), law.constants)),
             "predicted": float(law.predict(L, M, D)),
             "bound": float(law.bound(L, M, D)),
+            "unit_bound": _unit_bound(law, L, M, D),
             "optimal_shape": optimal,
+            "optimal_unit_bound": _unit_bound(law, optimal.L, optimal.M, optimal.D),
             "optimal_exponents": exponents,
         }
     return summary
+
+
+def _unit_bound(law: bounds.ErrorLaw, L: int, M: int, D: int) -> float:
+    """Return the law's bound with every constant 1, the constants that ``optimal_shape`` assumes."""
+    return float(sum(law.term_values(L, M, D).values()))
 
 
 def _number(value: float) -> str:
@@ -47,15 +54,26 @@ def shape_summary_html(L: int, M: int, D: int) -> str:
         for name, value in terms.items()
     )
     law_rows = []
+    shape_rows = []
     for kind, law in summary["laws"].items():
         shape = law["optimal_shape"]
         exponents = law["optimal_exponents"]
         law_rows.append(
-            f"<tr><td>{kind}</td><td>{_number(law['predicted'])}</td><td>{_number(law['bound'])}</td>"
-            f"<td>L={shape.L}, M={shape.M}, D={shape.D} (bound {_number(shape.bound)})</td>"
+            f"<tr><td>{kind}</td><td>{_number(law['predicted'])}</td><td>{_number(law['bound'])}</td></tr>"
+        )
+        shape_rows.append(
+            f"<tr><td>{kind}</td><td>L={shape.L}, M={shape.M}, D={shape.D}</td>"
+            f"<td>{_number(law['optimal_unit_bound'])}</td><td>{_number(law['unit_bound'])}</td>"
             f"<td>P^{exponents.depth:.3g}, P^{exponents.width:.3g}, P^{exponents.dim:.3g}; "
             f"err ~ P^-{exponents.rate:.3g}</td></tr>"
         )
+    smaller = [kind for kind, law in summary["laws"].items() if law["unit_bound"] < law["optimal_unit_bound"]]
+    smaller_note = (
+        f" Here the current shape has the smaller bound ({', '.join(smaller)} error): "
+        "the width term depends on L and M only through L M, so at a fixed P extra depth keeps "
+        "lowering the bound, but the optimal shape is the one with the least depth."
+        if smaller else ""
+    )
     return (
         '<div class="explorer-summary" style="font-size: 13px; line-height: 1.4;">'
         f"<p><b>P = L M D = {summary['P']:,}</b> (L={L}, M={M}, D={D})</p>"
@@ -64,14 +82,21 @@ def shape_summary_html(L: int, M: int, D: int) -> str:
         '<th style="text-align:left">value</th></tr>'
         f"{term_rows}<tr><td><b>sum (C = 1)</b></td><td><b>{_number(summary['terms_sum'])}</b></td></tr>"
         "</table>"
-        "<p>Error laws (fitted constants):</p>"
+        "<p>Error laws with their fitted constants, at this shape:</p>"
         '<table style="border-collapse: collapse;"><tr><th style="text-align:left">error</th>'
-        '<th style="text-align:left">predicted</th><th style="text-align:left">bound</th>'
-        '<th style="text-align:left">optimal shape at this P</th>'
-        '<th style="text-align:left">optimal rate</th></tr>'
+        '<th style="text-align:left">predicted</th><th style="text-align:left">bound</th></tr>'
         f"{''.join(law_rows)}</table>"
         '<p style="color:#555">predicted: root sum of squares of the terms times their constants; '
-        "bound: their sum. The optimal shape grows L, M and D as the powers of P in the last column, "
-        "which makes the bound fall fastest in P with the least depth.</p>"
+        "bound: their sum.</p>"
+        f"<p>Optimal shape for P = {summary['P']:,}, with every constant 1:</p>"
+        '<table style="border-collapse: collapse;"><tr><th style="text-align:left">error</th>'
+        '<th style="text-align:left">optimal shape</th>'
+        '<th style="text-align:left">its bound (constants 1)</th>'
+        '<th style="text-align:left">this shape\'s bound (constants 1)</th>'
+        '<th style="text-align:left">optimal rate</th></tr>'
+        f"{''.join(shape_rows)}</table>"
+        '<p style="color:#555">The optimal shape makes the three terms equal when every constant is 1. '
+        "Growing L, M and D as the powers of P in the last column makes the bound fall fastest in P, "
+        f"and among such paths this one has the least depth.{html.escape(smaller_note)}</p>"
         "</div>"
     )

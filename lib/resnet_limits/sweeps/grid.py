@@ -68,18 +68,24 @@ def parse_axis(text: str, name: str, option: str) -> list[int]:
                 "must be integers"
             ) from None
         return log_integers(start, stop, count)
+    if not text:
+        raise ConfigError(f"{name} axis is empty; set {option} to at least one integer")
     try:
-        values = [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",")]
     except ValueError:
         raise ConfigError(
             f"invalid {name} axis {text!r}; set {option} to integers separated by commas (1,4,16) or "
-            "log:START:STOP:COUNT"
+            "log:START:STOP:COUNT, with no empty entries"
         ) from None
-    if not values:
-        raise ConfigError(f"{name} axis is empty; set {option} to at least one integer")
     for value in values:
         check_positive_int(name, value, option)
-    return sorted(set(values))
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    if repeated:
+        raise ConfigError(
+            f"invalid {name} axis {text!r}: {', '.join(map(str, repeated))} given more than once; "
+            f"list each value of {option} once"
+        )
+    return sorted(values)
 
 
 @dataclasses.dataclass(frozen=True, order=True)

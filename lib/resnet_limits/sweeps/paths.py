@@ -3,7 +3,8 @@
 For a budget P = L M D, ``optimal_shapes`` gives the shapes of ``bounds.optimal_shape`` (the
 embedding law's exponents (1/6, 1/2, 1/3), the output law's (1/5, 2/5, 2/5)). On a path
 D = P^c, L and M split the remaining P^(1 - c) as the bound prefers: the least depth exponent
-that reaches the best rate (``bounds.optimal_exponents`` with ``dim=c``). Along such a path the
+that reaches the best rate (``bounds.optimal_exponents`` with ``dim=c``), raised where needed
+so that 1/L decays no slower than 1/sqrt(D) (``path_exponents``). Along such a path the
 embedding bound decays as P^(-rate), so its predicted error slope in log P is -rate: -1/8, -1/6,
 -1/12 and 0 for c = 1/4, 1/3, 5/12 and 1/2.
 """
@@ -33,10 +34,30 @@ def optimal_shapes(budgets, law: bounds.ErrorLaw = bounds.EMBEDDING_LAW) -> list
 
 
 def path_exponents(dim_exponent: float, law: bounds.ErrorLaw = bounds.EMBEDDING_LAW) -> bounds.ShapeExponents:
-    """Return the exponents (a, b, c = ``dim_exponent``) of the path and its rate."""
+    """Return the exponents (a, b, c = ``dim_exponent``) of the path and its rate.
+
+    Among the splits of L M = P^(1 - c) that reach the best rate, the path takes the least depth
+    at which the depth term decays no slower than the terms of D alone (1/sqrt(D)), so L grows at
+    least as sqrt(D). Where the width term sets the rate, as on c = 5/12 and c = 1/2, the least
+    depth alone would let 1/L decay only as fast as the width term, down to L = 1 at c = 1/2,
+    whose bound does not decay at all; the depth floor keeps the depth term below the others
+    without changing the rate. On c = 1/3 and c = 1/4 it changes nothing.
+    """
     if not 0 <= dim_exponent <= 1:
         raise ConfigError(f"D exponent must be from 0 to 1, got {dim_exponent}; D = P^c needs 0 <= c <= 1")
-    return bounds.optimal_exponents(law.terms, dim=dim_exponent)
+    exponents = bounds.optimal_exponents(law.terms, dim=dim_exponent)
+    dim_only_decays = [
+        -term.exponents[2] * dim_exponent for term in law.terms if term.exponents[:2] == (0, 0)
+    ]
+    if not dim_only_decays:
+        return exponents
+    depth = min(max(exponents.depth, min(dim_only_decays)), 1 - dim_exponent)
+    width = 1 - dim_exponent - depth
+    rate = min(-(term.exponents[0] * depth + term.exponents[1] * width + term.exponents[2] * dim_exponent)
+               for term in law.terms)
+    if rate < exponents.rate - 1e-12:
+        return exponents
+    return bounds.ShapeExponents(depth=depth, width=width, dim=dim_exponent, rate=exponents.rate)
 
 
 def predicted_path_slope(dim_exponent: float, law: bounds.ErrorLaw = bounds.EMBEDDING_LAW) -> float:

@@ -319,23 +319,28 @@ def run_sweep(
     on_progress: Callable[[SweepProgress], None] | None = None,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
 ) -> SweepSummary:
-    """Run every configuration of ``spec`` that has no part in the store at ``out``.
+    """Run every configuration of ``spec`` that has no part in the store at ``out``, or a failed one.
 
     ``scheduler`` is None (run here), a scheduler address such as "tcp://127.0.0.1:8786", or a
     ``distributed.Client``. ``trainer`` defaults to ``DEFAULT_TRAINER``. Raises StoreMismatchError
     when ``out`` contains a sweep that ``spec`` does not cover, and MemoryBudgetError, before any
-    work, when a shape's memory estimate is over ``memory_budget_bytes``.
+    work, when a shape's memory estimate is over ``memory_budget_bytes``. Configurations recorded
+    as failed are computed again, so a sweep rerun with a larger budget completes them.
     """
-    if trainer is None:
+    default_trainer = trainer is None
+    if default_trainer:
         trainer = functools.partial(DEFAULT_TRAINER, memory_budget_bytes=memory_budget_bytes)
     # Every shape is checked before the store is created, so a rejected sweep leaves no directory.
     for group in _pending_groups(spec, set()):
         config = group.run_config()
         task = get_task(config.task)
         check_memory(config, task.num_samples, spec.mean_ode, task.span_dim, memory_budget_bytes)
+        if default_trainer:
+            group_training.plan_group(config.resolved(), task.num_samples, task.d_out, len(group.seeds),
+                                      memory_budget_bytes)
     store = ResultStore(out)
     spec = store.open(spec)
-    finished = store.finished_ids()
+    finished = store.finished_ids() - store.failed_ids()
     total = len(spec.configurations())
     pending = _pending_groups(spec, finished)
     skipped = total - sum(len(group.seeds) for group in pending)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from resnet_limits.config import ConfigError
+from resnet_limits.files import write_atomically
 from resnet_limits.sweeps.grid import SweepSpec, stable_hash
 from resnet_limits.training import Trajectory
 
@@ -87,17 +87,6 @@ def rows_to_frame(rows: list[dict]) -> pd.DataFrame:
     return frame.astype(_DTYPES)
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Call ``write(temporary_path)``, then move the temporary file onto ``path``."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
 
 class ResultStore:
     """The result directory of one sweep."""
@@ -133,7 +122,7 @@ class ResultStore:
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         (self.path / LIMITS).mkdir(exist_ok=True)
         text = json.dumps({"format": 1, "spec": spec.to_dict()}, indent=1)
-        _write_atomically(manifest, lambda temporary: Path(temporary).write_text(text))
+        write_atomically(manifest, lambda temporary: Path(temporary).write_text(text))
         return spec
 
     def spec(self) -> SweepSpec:
@@ -152,10 +141,15 @@ class ResultStore:
             return set()
         return {path.stem for path in self.parts_dir.glob("*.parquet")}
 
+    def failed_ids(self) -> set[str]:
+        """Return the ids of the configurations whose part records a failure."""
+        frame = self.load()
+        return set(frame.loc[frame["status"] == "failed", "config_id"])
+
     def write_part(self, config_id: str, frame: pd.DataFrame) -> Path:
         """Write the rows of one configuration atomically and return the part's path."""
         path = self.part_path(config_id)
-        _write_atomically(path, lambda temporary: frame.to_parquet(temporary, index=False))
+        write_atomically(path, lambda temporary: frame.to_parquet(temporary, index=False))
         return path
 
     def load(self) -> pd.DataFrame:
@@ -201,4 +195,4 @@ class ResultStore:
                     error_estimate=np.float64(error_estimate),
                 )
 
-        _write_atomically(path, write)
+        write_atomically(path, write)
