@@ -77,6 +77,7 @@ from resnet_limits.parametrization import RULES, Parametrization, Scaling, forwa
 from resnet_limits.sweeps.fits import fit_slope
 from resnet_limits.tasks import Task, coupled_embeddings, get_task
 from resnet_limits.training import DIVERGENCE_FACTOR, mean_squared_loss
+from resnet_limits.worker import worker_function
 
 REGIMES = ("maximal local updates", "lazy", "noise-dominated", "unstable", "degenerate")
 
@@ -404,6 +405,7 @@ def _check_exponents(name: str, values: Sequence[float]) -> list[float]:
     return sorted(set(result))
 
 
+@worker_function
 def phase_diagram(
     *,
     task: str = "paper-tanh",

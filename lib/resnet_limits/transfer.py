@@ -35,6 +35,7 @@ from resnet_limits.phase import (
 )
 from resnet_limits.sweeps.fits import fit_slope
 from resnet_limits.tasks import get_task
+from resnet_limits.worker import worker_function
 
 DEFAULT_RULES = ("mlu", "standard")
 DEFAULT_SCALES = (4, 8, 16, 32, 64)
@@ -81,6 +82,7 @@ def optimal_learning_rate(learning_rates: Sequence[float], losses: Sequence[floa
     }
 
 
+@worker_function
 def learning_rate_sweep(
     *,
     task: str = "paper-tanh",

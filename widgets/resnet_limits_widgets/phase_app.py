@@ -24,7 +24,8 @@ from resnet_limits_widgets import url_state
 from resnet_limits_widgets.explorer import CONTROL_LAYOUT, DESCRIPTION_STYLE, message_html
 from resnet_limits_widgets.export import ChartDownloads
 from resnet_limits_widgets.function_app import FunctionApp
-from resnet_limits_widgets.lesson_panel import parse_integers, table_html
+from resnet_limits_widgets.lesson_panel import parse_integers
+from resnet_limits_widgets.tables import Column, fraction, readable_table, text
 
 # Scaling paths (p_L, p_M, p_D) that the app offers, by the name a link uses.
 PATHS = {
@@ -33,6 +34,15 @@ PATHS = {
     "narrow": ("L = D = n, M = n^(1/2)", (1.0, 0.5, 1.0)),
 }
 TASKS = ("paper-tanh", "paper-linear")
+RULE_COLUMNS = (
+    Column("rule", "rule", text),
+    *(Column(field, description.split(":")[0], text) for field, description in pz.SCALING_FIELDS.items()),
+    Column("gamma", "gamma", fraction),
+    Column("lambda", "lambda", fraction),
+    Column("on_plane", "on the plane", text),
+    Column("measured regime", "measured regime", text),
+    Column("because", "because", text),
+)
 MAX_SCALE = 64  # the largest n of a link or a text box: a grid at n = 64 took about 25 s on 2 cores
 REGIME_COLORS = {
     "maximal local updates": "#2ca02c",
@@ -270,8 +280,9 @@ class PhaseDiagramApp(FunctionApp):
         title = f"Measured regimes on {label}, n = {', '.join(str(n) for n in result['scales'])}, K = {result['steps']}"
         self.chart.chart = phase_chart(result["cells"], result["points"], title)
         self.downloads.update(self.chart.chart)
-        self.table.value = table_html(
+        self.table.value = readable_table(
             rule_table_frame(result["points"], result["path"]),
+            RULE_COLUMNS,
             "The rules: their seven scalings, their point (gamma, lambda) on this path, and the regime measured "
             "by running each rule itself at the base learning rate.",
         )

@@ -22,12 +22,28 @@ from resnet_limits_widgets import url_state
 from resnet_limits_widgets.explorer import CONTROL_LAYOUT, DESCRIPTION_STYLE, message_html
 from resnet_limits_widgets.export import ChartDownloads
 from resnet_limits_widgets.function_app import FunctionApp
-from resnet_limits_widgets.lesson_panel import parse_integers, table_html
+from resnet_limits_widgets.lesson_panel import parse_integers
+from resnet_limits_widgets.tables import Column, integer, readable_table, significant, text
 from resnet_limits_widgets.phase_app import PATHS, TASKS
 
 MAX_SCALE = 64  # the largest n of a link or a text box
 LOG2_RATE_RANGE = (-16.0, 6.0)  # log2 of the smallest and largest base learning rate a control offers
 DEFAULT_LOG2_RATES = (-12.0, 4.0)
+
+DRIFT_COLUMNS = (
+    Column("rule", "rule", text),
+    Column("drift", "largest / smallest optimum"),
+    Column("drift_exponent", "slope of log optimum against log n"),
+    Column("optima_at_edge", "optima on the grid's edge", integer),
+)
+OPTIMA_COLUMNS = (
+    Column("rule", "rule", text),
+    Column("n", "n", integer),
+    Column("learning_rate", "optimal eta"),
+    Column("grid_learning_rate", "best grid eta"),
+    Column("loss", "loss after K steps", significant(4)),
+    Column("at_edge", "on the grid's edge", text),
+)
 
 URL_FIELDS = {
     "task": url_state.ChoiceField(TASKS),
@@ -216,12 +232,14 @@ class TransferApp(FunctionApp):
         title = f"Loss after K = {result['steps']} steps on {label}"
         self.chart.chart = loss_chart(result["curves"], result["optima"], title)
         self.downloads.update(self.chart.chart)
-        drift = result["drift"].rename(columns={
-            "drift": "largest / smallest optimum",
-            "drift_exponent": "slope of log optimum against log n",
-            "optima_at_edge": "optima on the grid's edge",
-        })
-        self.table.value = table_html(
-            drift,
+        self.table.value = readable_table(
+            result["drift"],
+            DRIFT_COLUMNS,
             "How far the optimal eta moves over the sizes. An optimum on the grid's edge makes the ratio a lower bound.",
-        ) + table_html(result["optima"], "The optimum of every size (refined by a parabola in log eta).")
+            missing_note="– : fewer than two sizes have a finite optimum.",
+        ) + readable_table(
+            result["optima"],
+            OPTIMA_COLUMNS,
+            "The optimum of every size, refined by a parabola in log eta.",
+            missing_note="– : every learning rate of this size diverged.",
+        )
