@@ -39,10 +39,15 @@ def test_grid_values():
     assert grid_values(1.0, 1.0, 0.5) == [1.0]
 
 
-def test_phase_app_runs_in_kernel():
+@pytest.fixture(scope="module")
+def kernel_run():
+    """A small phase app after one run in the kernel, and the run's result."""
     app = small_phase_app(use_worker=False)
+    return app, app.run()
 
-    result = app.run()
+
+def test_phase_app_runs_in_kernel(kernel_run):
+    app, result = kernel_run
 
     assert app.outcome == "completed", app.message.value
     assert list(result["cells"]["residual_exponent"].unique()) == [0.0, 0.25]
@@ -97,9 +102,8 @@ def test_phase_app_reports_bad_link():
     assert "unknown parameter 'colour' ignored" in text
 
 
-def test_phase_app_code_computes_same_cells():
-    app = small_phase_app(use_worker=False)
-    result = app.run()
+def test_phase_app_code_computes_same_cells(kernel_run):
+    app, result = kernel_run
     namespace = {}
 
     exec(app.code_text(), namespace)  # noqa: S102 - the app's own generated code
@@ -134,22 +138,34 @@ def test_transfer_app_needs_a_rule():
 # -- in the worker --------------------------------------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def worker_app():
+    """One app and worker for the tests below; the cancel test comes last because it changes the sizes."""
     app = small_phase_app()
     yield app
     app.close()
 
 
-def test_worker_run_matches_kernel_run(worker_app):
+def test_worker_run_matches_kernel_run(worker_app, kernel_run):
     async def scenario():
         worker_app.start_run()
         return await worker_app.wait()
 
     assert asyncio.run(scenario()) == "completed", worker_app.message.value
-    kernel = small_phase_app(use_worker=False).run()
-    pd.testing.assert_frame_equal(worker_app.result["cells"], kernel["cells"])
+    pd.testing.assert_frame_equal(worker_app.result["cells"], kernel_run[1]["cells"])
     assert worker_app.progress.value == 1.0
+
+
+def test_worker_invalid_settings_shown(worker_app, monkeypatch):
+    valid = worker_app.arguments()
+    monkeypatch.setattr(worker_app, "arguments", lambda: {**valid, "path": [1, 1]})
+
+    async def scenario():
+        worker_app.start_run()
+        return await worker_app.wait()
+
+    assert asyncio.run(scenario()) == "invalid"
+    assert "Cannot run these settings: path must be three exponents" in worker_app.message.value
 
 
 def test_worker_cancel_within_a_second(worker_app):
@@ -169,19 +185,6 @@ def test_worker_cancel_within_a_second(worker_app):
     assert outcome == "cancelled"
     assert seconds < CANCEL_SECONDS
     assert worker_app.status.value == "Cancelled."
-
-
-def test_worker_invalid_settings_shown(worker_app):
-    worker_app.learning_rate.unobserve_all()
-    worker_app.task.unobserve_all()
-
-    async def scenario():
-        worker_app.start_run()
-        return await worker_app.wait()
-
-    worker_app.arguments = lambda: {**PhaseDiagramApp.arguments(worker_app), "path": [1, 1]}
-    assert asyncio.run(scenario()) == "invalid"
-    assert "Cannot run these settings: path must be three exponents" in worker_app.message.value
 
 
 # -- part 6 of the course -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from resnet_limits.config import ConfigError
 # The defaults of resnet_limits.phase and resnet_limits.transfer, repeated so that building the
 # parser imports no JAX; tests/test_phase_apps.py checks that they agree.
 PHASE_SCALES = "12,24,48"
-PHASE_RESIDUAL_EXPONENTS = "-0.5,-0.25,0,0.25,0.5,0.75,1"
+PHASE_RESIDUAL_EXPONENTS = "-0.25,0,0.25,0.5,0.75,1"
 PHASE_RATE_EXPONENTS = "-1.5,-1,-0.5,0,0.5"
 TRANSFER_SCALES = "4,8,16,32,64"
 VECTOR_TASKS = ("paper-linear", "paper-tanh")

@@ -96,7 +96,7 @@ DIAGNOSTIC_COLUMNS = (
 
 DEFAULT_PATH = (1.0, 1.0, 1.0)
 DEFAULT_SCALES = (12, 24, 48)
-DEFAULT_RESIDUAL_EXPONENTS = (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
+DEFAULT_RESIDUAL_EXPONENTS = (-0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_RATE_EXPONENTS = (-1.5, -1.0, -0.5, 0.0, 0.5)
 DEFAULT_STEPS = 5
 # Seeds whose diagnostics are averaged per size. One seed is not enough at n = 8 or 16: the
