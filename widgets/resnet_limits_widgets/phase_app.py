@@ -43,7 +43,9 @@ RULE_COLUMNS = (
     Column("measured regime", "measured regime", text),
     Column("because", "because", text),
 )
-MAX_SCALE = 64  # the largest n of a link or a text box: a grid at n = 64 took about 25 s on 2 cores
+# The largest n of a link or a text box. The default grid at n = 12, 24, 48 took 24 to 33 s on
+# 2 cores; every doubling of n multiplies the cost of its size by about 8.
+MAX_SCALE = 64
 REGIME_COLORS = {
     "maximal local updates": "#2ca02c",
     "lazy": "#1f77b4",
