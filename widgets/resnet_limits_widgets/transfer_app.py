@@ -82,7 +82,7 @@ def loss_chart(curves: pd.DataFrame, optima: pd.DataFrame, title: str) -> alt.VC
     per_rule = []
     for rule in dict.fromkeys(curves["rule"]):
         part = curves[curves["rule"] == rule]
-        # Losses far above the initial loss only show a run on its way to diverge: clip them.
+        # Losses far above the initial loss only show a run on its way to diverge, so the axis clips them.
         domain = [float(part["loss"].min()) * 0.8, float(part["loss_initial"].max()) * 3]
         y = alt.Y("loss:Q", title="loss after K steps", scale=alt.Scale(type="log", domain=domain, clamp=True))
         per_rule.append(
