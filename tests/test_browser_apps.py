@@ -166,6 +166,22 @@ def test_shape_app_opens_budget_and_slider_updates(browser, apps_server):  # noq
     page.close()
 
 
+def test_transformer_app_runs_with_error_estimate(browser, apps_server):  # noqa: F811
+    offline = open_app(browser, apps_server, "transformer.ipynb", "?L=2&M=4&D=8&K=2")
+    page = offline.page
+
+    text = wait_for_last_run(page, apps_server, "L=2, M=4, D=8, seed 0", "completed 2 steps", timeout=FIRST_RENDER_MS)
+    assert "law predicts" in text
+    assert "The large-D limit's own output error is estimated at" in text
+    summary = page.inner_text(".explorer-summary")
+    assert "sqrt(D/(L H))" in summary
+    assert f"= {2 * 8 * (4 + 4 * 4):,}" in summary
+
+    assert_no_python_error(page)
+    assert offline.blocked_code() == []
+    page.close()
+
+
 def test_phase_app_runs_and_cancels(browser, apps_server):  # noqa: F811
     query = "?n=12,24&gamma_min=0&gamma_max=0.25&lambda_min=-1&lambda_max=-0.5&seeds=1&K=3"
     offline = open_app(browser, apps_server, "phase.ipynb", query)

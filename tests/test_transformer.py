@@ -14,8 +14,8 @@ from nbclient import NotebookClient
 import reference_transformer
 from resnet_limits import cli, limits, metrics
 from resnet_limits.config import ConfigError, LimitSettings, RunConfig, jax_dtype
-from resnet_limits.experiment import Comparison
-from resnet_limits.limits.transformer import simulate_transformer_limit
+from resnet_limits.experiment import Comparison, LimitCache
+from resnet_limits.limits.transformer import estimate_transformer_limit, simulate_transformer_limit
 from resnet_limits.models import MLUTransformer
 from resnet_limits.tasks import coupled_embeddings, get_task
 from resnet_limits.training import mean_squared_loss, train, training_steps
@@ -276,6 +276,51 @@ def test_limit_orthogonal_embeddings_match_large_dim():
     assert metrics.output_error(fixed.f_KxDoutxN[-1], large.f_KxDoutxN[-1]) < 0.05 * motion
 
 
+def _worst_rms(a_KxDoutxNxT, b_KxDoutxNxT):
+    """Return the RMS over the entries of a - b at the worst step."""
+    return np.max(np.sqrt(np.mean(np.square(a_KxDoutxNxT - b_KxDoutxNxT), axis=(1, 2, 3))))
+
+
+def test_limit_estimate_covers_finer_simulation():
+    # The plain simulation with L' = 32 and M' = 2048 is the reference: it differs from one with
+    # L' = 16, M' = 4096 and other particles by 0.0016, a twentieth of the coarse estimates'
+    # errors. The coarse settings L' = 2, M' = 64 are those of the comparison tests, which then
+    # share compiled code. Measured over particle seeds 0 to 5 (K = 5, float32): error estimates
+    # 0.022 to 0.038, mostly Monte Carlo, and actual errors 0.68 to 1.39 times the estimate,
+    # 1.01 times on average.
+    task = get_task("seq-tanh")
+    problem = limits.large_dim_problem(task)
+    kwargs = _limit_kwargs(task, 5)
+    fine = simulate_transformer_limit(problem, task, LimitSettings(32, 2048), **kwargs)
+    ratios = []
+    for seed in range(6):
+        estimate = estimate_transformer_limit(problem, task, LimitSettings(2, 64, seed), **kwargs)
+        actual = _worst_rms(estimate.trajectory.f_KxDoutxN, fine.f_KxDoutxN)
+        assert estimate.depth_points == (2, 4, 8)
+        assert estimate.monte_carlo_error > estimate.depth_error > 0, seed
+        assert estimate.error_estimate < 0.08, seed
+        assert actual < 2 * estimate.error_estimate, (seed, actual, estimate.error_estimate)
+        ratios.append(actual / estimate.error_estimate)
+    assert 0.5 < np.mean(ratios) < 1.5, ratios
+
+
+def test_comparison_caches_transformer_limits(tmp_path):
+    config = RunConfig(task="seq-tanh", arch="transformer", L=2, H=4, M=4, D=8, K=2)
+    first = Comparison(config, LimitSettings(2, 64), cache=LimitCache(directory=tmp_path)).run()
+    assert set(first.limit_estimates) == {limits.FIXED_DIM, limits.LARGE_DIM}
+    assert len(list(tmp_path.glob("limit-*.npz"))) == 2
+    for estimate in first.limit_estimates.values():
+        assert estimate.depth_points == (2, 4, 8)
+        assert 0 < estimate.error_estimate < 1
+
+    # A new in-memory cache on the same directory reads both limits back from disk.
+    second = Comparison(config, LimitSettings(2, 64), cache=LimitCache(directory=tmp_path)).run()
+    for kind, estimate in first.limit_estimates.items():
+        np.testing.assert_array_equal(second.limit_estimates[kind].trajectory.f_KxDoutxN, estimate.trajectory.f_KxDoutxN)
+        assert second.limit_estimates[kind].error_estimate == estimate.error_estimate
+    assert second.rows == first.rows
+
+
 @pytest.mark.slow
 def test_network_gap_to_limit_shrinks_with_heads():
     # At fixed L and D a network is the fixed-D limit plus a fluctuation of size
@@ -307,6 +352,84 @@ def test_network_gap_to_limit_shrinks_with_heads():
 
     slope = np.polyfit(np.log(head_counts), np.log(gaps), 1)[0]
     assert -0.75 < slope < -0.35, (slope, gaps)
+
+
+@pytest.mark.slow
+def test_network_gap_to_limit_shrinks_with_depth():
+    # At H = M = 256 and D = 8 the bound's L-dependent terms are 1/L and sqrt(D / (L H)) +
+    # sqrt(D / (L M)), so the gap to the L, H, M -> infinity limit falls with a log-slope in L
+    # from -1 (depth term dominant) to -1/2 (fluctuation dominant). The reference is the
+    # fixed-D limit simulated with L' = 32 and M' = 2048, whose Euler and Monte Carlo errors were
+    # measured below 1e-3. Embedding seed 0 has the largest depth term of seeds 0 to 2, so over
+    # L = 1, 2, 4 the depth term dominates and the band excludes a pure fluctuation. Mean errors
+    # at step 5 over 3 network seeds, measured: slopes -0.74 (embedding) and -0.92 (output)
+    # with network seeds 0 to 2, -0.75 and -0.89 with seeds 3 to 5. Embedding seeds 1 and 2,
+    # with a smaller depth term, gave -0.56 and -0.51 (embedding), -0.64 and -0.74 (output).
+    task = get_task("seq-tanh")
+    D, heads, steps = 8, 256, 5
+    w_embed, w_unembed = coupled_embeddings(jax.random.key(0), task, D)
+    problem, basis_DxK = limits.fixed_dim_problem(w_embed, w_unembed)
+    limit = simulate_transformer_limit(problem, task, LimitSettings(32, 2048), **_limit_kwargs(task, steps))
+    limit_h = limits.to_stream(limit.h_KxDxN, basis_DxK)[steps]
+    limit_f = limit.f_KxDoutxN[steps]
+
+    depths = (1, 2, 4)
+    embedding_gaps, output_gaps = [], []
+    for depth in depths:
+        embedding, output = [], []
+        for seed in range(3):
+            model = MLUTransformer(w_embed, w_unembed, depth=depth, heads=heads, width=heads, key=jax.random.key(100 + seed))
+            trajectory = train(
+                model, task.x_DinxN, task.y_DoutxN, steps=steps, learning_rate=task.learning_rate,
+                loss_scale=task.loss_scale,
+            )
+            assert trajectory.diverged_at is None
+            embedding.append(metrics.embedding_error(trajectory.h_KxDxN[steps], limit_h))
+            output.append(metrics.output_error(trajectory.f_KxDoutxN[steps], limit_f))
+        embedding_gaps.append(np.mean(embedding))
+        output_gaps.append(np.mean(output))
+
+    embedding_slope = np.polyfit(np.log(depths), np.log(embedding_gaps), 1)[0]
+    output_slope = np.polyfit(np.log(depths), np.log(output_gaps), 1)[0]
+    assert -1.1 < embedding_slope < -0.6, (embedding_slope, embedding_gaps)
+    assert -1.1 < output_slope < -0.6, (output_slope, output_gaps)
+
+
+@pytest.mark.slow
+def test_fixed_dim_limit_approaches_large_dim_limit():
+    # The fixed-D limit differs from the large-D limit through G - E[G] = O(1/sqrt(D)). Both are
+    # simulated with the same particles (L' = 8, M' = 512), so their Euler and Monte Carlo
+    # errors mostly cancel in the gap. Mean gaps at step 5 over embedding seeds 0 to 4, measured
+    # at D = 8, 32, 128, 512: embedding 0.47, 0.20, 0.10, 0.053 (slope -0.52) and output 0.25,
+    # 0.13, 0.079, 0.033 (slope -0.48). Single seeds over D = 8 to 2048 gave slopes from -0.37
+    # to -0.69, and the mean of seeds 0 to 2 alone -0.44 and -0.47. Particle seeds 1 and 2 gave
+    # -0.52, -0.46 and -0.52, -0.48. With L' = 4, M' = 32 the Monte Carlo floor flattened the
+    # slopes to -0.36 and -0.32.
+    task = get_task("seq-tanh")
+    steps = 5
+    settings = LimitSettings(8, 512)
+    kwargs = _limit_kwargs(task, steps)
+    large = simulate_transformer_limit(limits.large_dim_problem(task), task, settings, **kwargs)
+
+    dims = (8, 32, 128, 512)
+    embedding_gaps, output_gaps = [], []
+    for dim in dims:
+        embedding, output = [], []
+        for seed in range(5):
+            w_embed, w_unembed = coupled_embeddings(jax.random.key(seed), task, dim)
+            problem, basis_DxK = limits.fixed_dim_problem(w_embed, w_unembed)
+            fixed = simulate_transformer_limit(problem, task, settings, **kwargs)
+            fixed_h = limits.to_stream(fixed.h_KxDxN, basis_DxK)[steps]
+            large_h = limits.to_stream(large.h_KxDxN, limits.large_dim_basis(task, w_embed, w_unembed))[steps]
+            embedding.append(metrics.embedding_error(fixed_h, large_h))
+            output.append(metrics.output_error(fixed.f_KxDoutxN[steps], large.f_KxDoutxN[steps]))
+        embedding_gaps.append(np.mean(embedding))
+        output_gaps.append(np.mean(output))
+
+    embedding_slope = np.polyfit(np.log(dims), np.log(embedding_gaps), 1)[0]
+    output_slope = np.polyfit(np.log(dims), np.log(output_gaps), 1)[0]
+    assert -0.65 < embedding_slope < -0.38, (embedding_slope, embedding_gaps)
+    assert -0.65 < output_slope < -0.35, (output_slope, output_gaps)
 
 
 # -- configuration, comparison and command line ---------------------------------------------------
@@ -350,6 +473,18 @@ def test_cli_trains_transformer(capsys):
     assert len(result["steps"]) == 3
 
 
+def test_cli_limit_transformer_has_error_estimate(capsys):
+    status = cli.main(
+        ["limit", "--arch", "transformer", "-K", "2", "--limit-depth", "2", "--limit-particles", "64", "--json"]
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert (result["arch"], result["kind"]) == ("transformer", limits.LARGE_DIM)
+    assert result["depth_points"] == [2, 4, 8]
+    assert 0 < result["error_estimate"] < 0.2
+    assert len(result["steps"]) == 3
+
+
 # -- the app --------------------------------------------------------------------------------------
 
 
@@ -389,3 +524,126 @@ app.close()"""
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPOSITORY / "notebooks")}}
     )
     client.execute()
+
+
+# -- bound, parameter count and optimal shape -----------------------------------------------------
+
+
+def test_transformer_bound_terms_and_parameters():
+    from resnet_limits import bounds
+
+    terms = bounds.transformer_bound_terms(4, 16, 64, 8)
+    assert terms == pytest.approx(
+        {"depth": 0.25, "attention": np.sqrt(8 / 64), "width": np.sqrt(8 / 256), "embedding": 1 / np.sqrt(8)}
+    )
+    # 4 layers of 16 heads (rows of W_Q, W_K: 2 d_k = 4; W_V, W_O: 2 d_v = 6 vectors of length 8,
+    # halved) and 64 units (u and v, halved).
+    assert bounds.transformer_num_parameters(4, 16, 64, 8, key_dim=2, value_dim=3) == 4 * 8 * (64 + 16 * 5)
+    config = RunConfig(task="seq-tanh", arch="transformer", L=4, H=16, M=64, D=8, key_dim=2, value_dim=3)
+    assert config.num_parameters == 4 * 8 * (64 + 16 * 5)
+    assert RunConfig(L=4, M=64, D=8).num_parameters == 4 * 64 * 8
+
+    # With H = M the attention term doubles the width term: the predicted error is the ResNet's
+    # law with the width constant times sqrt(2) and the bound with it times 2.
+    for law in (bounds.EMBEDDING_LAW, bounds.OUTPUT_LAW):
+        doubled = bounds.ErrorLaw(law.name, law.terms, (law.constants[0], np.sqrt(2) * law.constants[1], law.constants[2]))
+        assert bounds.transformer_predict(law, 4, 32, 32, 8) == pytest.approx(float(doubled.predict(4, 32, 8)))
+        summed = bounds.ErrorLaw(law.name, law.terms, (law.constants[0], 2 * law.constants[1], law.constants[2]))
+        assert bounds.transformer_bound(law, 4, 32, 32, 8) == pytest.approx(float(summed.bound(4, 32, 8)))
+
+
+def test_transformer_optimal_shape_exponents():
+    from resnet_limits import bounds
+
+    # Along the optimal path L, H and D grow as P^(1/6), P^(1/2), P^(1/3) for the embedding law.
+    budgets = np.logspace(6, 14, 5)
+    shapes = [bounds.transformer_optimal_shape(budget, key_dim=2, value_dim=2) for budget in budgets]
+    for shape, budget in zip(shapes, budgets):
+        assert shape.H == shape.M
+        assert shape.num_parameters == pytest.approx(budget, rel=0.3)
+    for name, exponent in (("L", 1 / 6), ("H", 1 / 2), ("D", 1 / 3)):
+        slope = np.polyfit(np.log(budgets), np.log([getattr(shape, name) for shape in shapes]), 1)[0]
+        assert slope == pytest.approx(exponent, abs=0.03), name
+    with pytest.raises(ValueError, match=r"parameter budget must be a finite number >= 5"):
+        bounds.transformer_optimal_shape(4)
+
+
+def test_comparison_reports_transformer_bound(capsys):
+    status = cli.main(
+        ["train", "--arch", "transformer", "--heads", "4", "-L", "2", "-M", "4", "-D", "8", "-K", "2",
+         "--limit-depth", "2", "--limit-particles", "64"]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert f"P={2 * 8 * (4 + 4 * 4)}" in out
+    assert f"sqrt(D/(L H)) = {np.sqrt(8 / 8):.4g}" in out
+    assert "optimal shape of the embedding law at this P (M = H)" in out
+    assert "limits' own output error" in out
+
+
+def test_app_summary_shows_transformer_bound():
+    app = TransformerExplorerApp(auto_run=False, compilation_cache=False, use_worker=False)
+    app.depth.value, app.width.value, app.dim.value = 4, 16, 16
+    summary = app.summary.value
+    assert f"= {4 * 16 * (16 + 16 * 4):,}</b>" in summary
+    assert "sqrt(D/(L H))" in summary
+    assert "H=M=" in summary
+
+
+@pytest.mark.parametrize(
+    ("argv", "options"),
+    [
+        (["train", "--heads", "8"], "--heads"),
+        (["train", "--key-dim", "3", "--value-dim", "3"], "--key-dim, --value-dim"),
+        (["limit", "--value-dim", "3"], "--value-dim"),
+    ],
+)
+def test_cli_rejects_head_options_without_transformer(capsys, argv, options):
+    status = cli.main(argv)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"error: {options} set" in err
+    assert f"add --arch transformer, or drop {options}" in err
+
+
+# -- sweeps ---------------------------------------------------------------------------------------
+
+
+def test_sweep_trains_transformers_and_resumes(tmp_path):
+    from resnet_limits.sweeps import ResultStore, SweepSpec, TaskSettings, run_sweep
+    from resnet_limits.sweeps.runner import train_group
+
+    # The width axis sets H = M. Settings as in test_comparison_runs_transformer, which then
+    # shares compiled code with this test.
+    spec = SweepSpec.product(
+        (1, 2), (4,), (8,), (0,), settings=(TaskSettings("seq-tanh", K=2),), limit_tol=None,
+        limit_start=LimitSettings(2, 64), mean_ode=LimitSettings(2, 64),
+    )
+    trained = []
+
+    def stopping_trainer(task, config, seeds):
+        if trained:
+            raise KeyboardInterrupt  # stops the sweep after its first group, as Ctrl-C would
+        trained.append(config)
+        return train_group(task, config, seeds)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, tmp_path, trainer=stopping_trainer)
+    assert len(ResultStore(tmp_path).finished_ids()) == 1
+    assert (trained[0].arch, trained[0].H, trained[0].M) == ("transformer", 4, 4)
+
+    summary = run_sweep(spec, tmp_path)
+    assert (summary.skipped, summary.computed) == (1, 1)
+    frame = ResultStore(tmp_path).load()
+    assert sorted(set(frame["L"])) == [1, 2]
+    assert set(frame["status"]) == {"completed"}
+    assert set(frame["P"]) == {L * 8 * (4 + 4 * 4) for L in (1, 2)}
+
+    # The rows of L = 2 are those of a Comparison with the same config and large-D limit.
+    config = RunConfig(task="seq-tanh", arch="transformer", L=2, H=4, M=4, D=8, K=2)
+    comparison = Comparison(config, LimitSettings(2, 64), cache=None).run()
+    rows = frame[frame["L"] == 2].sort_values("step")
+    np.testing.assert_allclose(rows["loss"], [row["loss"] for row in comparison.rows], rtol=1e-6)
+    np.testing.assert_allclose(
+        rows["embedding_error_limit"], [row["embedding_error_limit"] for row in comparison.rows], rtol=1e-5
+    )

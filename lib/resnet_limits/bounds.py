@@ -200,3 +200,109 @@ def optimal_shape(budget: float, law: ErrorLaw = EMBEDDING_LAW, *, fitted_consta
     D = max(1, round(D_real))
     M = max(1, round(budget / (L * D)))
     return Shape(L, M, D, float(law.bound(L, M, D)))
+
+
+# -- Transformers ---------------------------------------------------------------------------------
+#
+# In a Transformer the H heads of an attention block average like the M units of a perceptron
+# block. Its attention blocks therefore add the width term with H in place of M, which is
+# sqrt(D / (L H)) in the embedding bound and D / (L H) in the output law. The bound of a
+# Transformer of depth L is then
+#
+#     err <= C (1/L + sqrt(D / (L H)) + sqrt(D / (L M)) + 1/sqrt(D)).
+#
+# NOTE: the attention term takes the constant of the width term fitted for ResNets. No law has
+# been fitted for Transformers. The fluctuation measured in
+# tests/test_transformer.py::test_network_gap_to_limit_shrinks_with_heads (L = 4, D = 8, M = H)
+# was 0.85, 0.39, 0.15 at H = 4, 16, 64, where the two terms with the constant 0.8 give 0.80,
+# 0.40, 0.20.
+
+
+def transformer_num_parameters(L: int, H: int, M: int, D: int, key_dim: int, value_dim: int) -> int:
+    """Return P = L D (M + H (d_k + d_v)), the parameter count of a Transformer in the units of P = L M D.
+
+    The ResNet's P = L M D counts one D-vector per unit, half of its two weight vectors u and v.
+    A head has 2 d_k + 2 d_v weight vectors of length D (rows of W_Q, W_K, W_V and columns of
+    W_O), so it counts d_k + d_v in the same units.
+    """
+    return L * D * (M + H * (key_dim + value_dim))
+
+
+def transformer_term_values(law: ErrorLaw, L, H, M, D) -> dict[str, float]:
+    """Return the terms of ``law`` for a Transformer: the law's own and "attention", its width term at M = H."""
+    values = {}
+    for term in law.terms:
+        values[term.name] = float(term.value(L, M, D))
+        if term.name == "width":
+            values["attention"] = float(term.value(L, H, D))
+    return values
+
+
+def transformer_constants(law: ErrorLaw) -> dict[str, float]:
+    """Return the constant of each term of ``transformer_term_values``; the attention term takes the width's."""
+    constants = dict(zip((term.name for term in law.terms), law.constants))
+    constants["attention"] = constants["width"]
+    return constants
+
+
+def transformer_bound_terms(L, H, M, D) -> dict[str, float]:
+    """Return the Transformer's embedding bound terms 1/L, sqrt(D/(L H)), sqrt(D/(L M)) and 1/sqrt(D)."""
+    return transformer_term_values(EMBEDDING_LAW, L, H, M, D)
+
+
+def transformer_predict(law: ErrorLaw, L, H, M, D) -> float:
+    """Return the root sum of squares of the Transformer's terms times their constants, as ``ErrorLaw.predict``."""
+    constants = transformer_constants(law)
+    values = transformer_term_values(law, L, H, M, D)
+    return float(math.sqrt(sum((constants[name] * value) ** 2 for name, value in values.items())))
+
+
+def transformer_bound(law: ErrorLaw, L, H, M, D) -> float:
+    """Return the sum of the Transformer's terms times their constants, as ``ErrorLaw.bound``."""
+    constants = transformer_constants(law)
+    values = transformer_term_values(law, L, H, M, D)
+    return float(sum(constants[name] * value for name, value in values.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerShape:
+    """An integer Transformer shape with M = H, its parameter count and the law's bound there."""
+
+    L: int
+    H: int
+    M: int
+    D: int
+    key_dim: int
+    value_dim: int
+    bound: float
+
+    @property
+    def num_parameters(self) -> int:
+        return transformer_num_parameters(self.L, self.H, self.M, self.D, self.key_dim, self.value_dim)
+
+
+def transformer_optimal_shape(
+    budget: float, law: ErrorLaw = EMBEDDING_LAW, *, key_dim: int = 2, value_dim: int = 2
+) -> TransformerShape:
+    """Return the Transformer shape with M = H of about ``budget`` parameters on the optimal path of ``law``.
+
+    With M = H the attention and width terms are equal, so the bound is that of a ResNet of width
+    H whose width term counts twice, and P = (1 + d_k + d_v) L H D. The real shape balances the
+    terms with the constants (1, 2, 1): the theorem's single constant C, doubled for the width
+    term. The exponents of L, H and D in P are then those of ``optimal_exponents`` for the
+    ResNet, (1/6, 1/2, 1/3) for the embedding law. L and D are rounded (at least 1) and H = M the
+    rounded rest of the budget, at least 1. ``bound`` is the Transformer bound with the law's
+    fitted constants.
+    """
+    per_unit = 1 + key_dim + value_dim
+    if not math.isfinite(budget) or budget < per_unit:
+        raise ValueError(
+            f"parameter budget must be a finite number >= {per_unit} (1 + d_k + d_v), got {budget}"
+        )
+    width_position = [term.name for term in law.terms].index("width")
+    constants = tuple(2.0 if index == width_position else 1.0 for index in range(len(law.terms)))
+    L_real, _, D_real = balanced_shape(budget / per_unit, law, constants)
+    L = max(1, round(L_real))
+    D = max(1, round(D_real))
+    H = max(1, round(budget / (per_unit * L * D)))
+    return TransformerShape(L, H, H, D, key_dim, value_dim, transformer_bound(law, L, H, H, D))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -16,6 +17,7 @@ from resnet_limits.config import (
     ARCHITECTURES,
     DEFAULT_MEMORY_BUDGET_BYTES,
     DTYPES,
+    TRANSFORMER_LIMIT_SETTINGS,
     ConfigError,
     MemoryBudgetError,
     LimitSettings,
@@ -23,9 +25,10 @@ from resnet_limits.config import (
     check_memory,
     check_positive_float,
     check_positive_int,
-    estimate_training_bytes,
+    default_limit_settings,
 )
 from resnet_limits.limits.extrapolation import ToleranceNotReached, estimate_limit
+from resnet_limits.limits.transformer import estimate_transformer_limit
 from resnet_limits.tasks import TASKS
 from resnet_limits.training import Trajectory
 
@@ -40,9 +43,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=ARCHITECTURES, default="resnet",
                         help="network: perceptron blocks (resnet), or attention and perceptron blocks on token "
                              "sequences (transformer) (default resnet)")
-    parser.add_argument("--key-dim", type=int, default=RunConfig.key_dim,
+    parser.add_argument("--key-dim", type=int, default=None,
                         help=f"key-query dimension d_k of every head, with --arch transformer (default {RunConfig.key_dim})")
-    parser.add_argument("--value-dim", type=int, default=RunConfig.value_dim,
+    parser.add_argument("--value-dim", type=int, default=None,
                         help=f"value dimension d_v of every head, with --arch transformer (default {RunConfig.value_dim})")
     parser.add_argument("--steps", "-K", type=int, default=None, help="gradient steps K (default: the task's, 15)")
     parser.add_argument("--lr", type=float, default=None,
@@ -54,10 +57,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="seed of the embeddings and unit weights, 0 to 2^32 - 1 (default 0); "
                              "the large-D limit does not depend on it")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="floating-point type (default float32)")
-    parser.add_argument("--limit-depth", type=int, default=LimitSettings.depth_points,
-                        help=f"depth points L' of the limit simulator (default {LimitSettings.depth_points})")
-    parser.add_argument("--limit-particles", type=int, default=LimitSettings.particles,
-                        help=f"particles M' per depth point, even (default {LimitSettings.particles})")
+    parser.add_argument("--limit-depth", type=int, default=None,
+                        help=f"depth points L' of the limit simulator (default {LimitSettings.depth_points}, "
+                             f"{TRANSFORMER_LIMIT_SETTINGS.depth_points} with --arch transformer)")
+    parser.add_argument("--limit-particles", type=int, default=None,
+                        help=f"particles M' per depth point, even (default {LimitSettings.particles}, "
+                             f"{TRANSFORMER_LIMIT_SETTINGS.particles} with --arch transformer)")
     parser.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET_BYTES / 2**30,
                         help="largest memory estimate accepted, in GiB (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -75,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--depth", "-L", type=int, default=16, help="depth L, number of blocks (default 16)")
     train.add_argument("--width", "-M", type=int, default=64, help="hidden width M, units per block (default 64)")
     train.add_argument("--dim", "-D", type=int, default=64, help="embedding dimension D (default 64)")
-    train.add_argument("--heads", type=int, default=RunConfig.H,
+    train.add_argument("--heads", type=int, default=None,
                        help=f"attention heads H per layer, with --arch transformer (default {RunConfig.H})")
     _add_common(train)
 
@@ -111,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in sweep_commands:
             return sweep_commands[args.command](args)
-        limit_settings = LimitSettings(args.limit_depth, args.limit_particles).validate()
+        defaults = default_limit_settings(args.arch)
+        limit_settings = LimitSettings(
+            defaults.depth_points if args.limit_depth is None else args.limit_depth,
+            defaults.particles if args.limit_particles is None else args.limit_particles,
+        ).validate()
         budget_gib = check_positive_float("memory budget", args.memory_budget, "--memory-budget", example=2)
         budget = int(budget_gib * 2**30)
         if args.command == "train":
@@ -165,6 +174,15 @@ def _run_config(args, *, L: int, M: int, D: int) -> RunConfig:
     limit does not depend on.
     """
     arch = args.arch
+    transformer_options = {"--heads": getattr(args, "heads", None), "--key-dim": args.key_dim,
+                           "--value-dim": args.value_dim}
+    given_options = [option for option, value in transformer_options.items() if value is not None]
+    if given_options and arch != "transformer":
+        options = ", ".join(given_options)
+        raise ConfigError(
+            f"{options} set{'s' if len(given_options) == 1 else ''} the attention heads, which arch {arch!r} does not have; "
+            f"add --arch transformer, or drop {options}"
+        )
     if args.task is not None:
         task = args.task
     else:
@@ -181,9 +199,9 @@ def _run_config(args, *, L: int, M: int, D: int) -> RunConfig:
         seed=args.seed,
         dtype=args.dtype,
         arch=arch,
-        H=getattr(args, "heads", RunConfig.H),
-        key_dim=args.key_dim,
-        value_dim=args.value_dim,
+        H=RunConfig.H if getattr(args, "heads", None) is None else args.heads,
+        key_dim=RunConfig.key_dim if args.key_dim is None else args.key_dim,
+        value_dim=RunConfig.value_dim if args.value_dim is None else args.value_dim,
     )
 
 
@@ -233,16 +251,13 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
     finished_levels: list[tuple[int, Trajectory]] = []
 
     def check_simulator_memory(settings: LimitSettings) -> None:
-        try:
-            check_memory(base, task.num_samples, settings, task.span_dim, budget)
-        except MemoryBudgetError:
-            needed = estimate_training_bytes(settings.depth_points, settings.particles, task.span_dim,
-                                             task.num_samples, base.K, base.dtype)
+        needed = check_memory(base, task.num_samples, settings, task.span_dim, math.inf, num_tokens=task.num_tokens)
+        if needed > budget:
             raise MemoryBudgetError(
                 f"the limit simulator with L' = {settings.depth_points} and M' = {settings.particles} needs "
                 f"about {needed / 2**30:.2f} GiB, over the memory budget of {budget / 2**30:.2f} GiB; "
                 "raise --memory-budget, or lower --limit-depth, --limit-particles or the accuracy asked by --tol"
-            ) from None
+            )
 
     def start_attempt(attempt: int, settings: LimitSettings) -> None:
         check_simulator_memory(settings)
@@ -256,43 +271,26 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
     status = "completed"
     try:
         if base.arch == "transformer":
-            # One plain simulation: the Transformer limit has no extrapolation and no error estimate.
-            if tol is not None:
-                raise ConfigError("--tol needs the extrapolated perceptron limit; drop --tol with --arch transformer")
-            check_memory(base, task.num_samples, limit_settings, task.span_dim, budget, num_tokens=task.num_tokens)
-            progress.update(f"{problem.kind} L'={limit_settings.depth_points} M'={limit_settings.particles}", 0, 1,
-                            unit="attempts")
-            trajectory = limits.simulate_transformer_limit(
-                problem,
-                task,
-                limit_settings,
-                steps=base.K,
-                learning_rate=base.learning_rate,
-                alpha=base.alpha,
-                activation=base.activation,
-                key_dim=base.key_dim,
-                value_dim=base.value_dim,
-                dtype=base.dtype,
+            estimate_function = functools.partial(
+                estimate_transformer_limit, key_dim=base.key_dim, value_dim=base.value_dim
             )
-            finish_level(limit_settings.depth_points, trajectory)
-            progress.update(f"{problem.kind} L'={limit_settings.depth_points} M'={limit_settings.particles}", 1, 1,
-                            unit="attempts")
         else:
-            estimate = estimate_limit(
-                problem,
-                task,
-                limit_settings,
-                tol=tol,
-                steps=base.K,
-                learning_rate=base.learning_rate,
-                alpha=base.alpha,
-                activation=base.activation,
-                dtype=base.dtype,
-                on_level=start_attempt,
-                on_level_done=finish_level,
-                memory_check=check_simulator_memory,
-            )
-            trajectory = estimate.trajectory
+            estimate_function = estimate_limit
+        estimate = estimate_function(
+            problem,
+            task,
+            limit_settings,
+            tol=tol,
+            steps=base.K,
+            learning_rate=base.learning_rate,
+            alpha=base.alpha,
+            activation=base.activation,
+            dtype=base.dtype,
+            on_level=start_attempt,
+            on_level_done=finish_level,
+            memory_check=check_simulator_memory,
+        )
+        trajectory = estimate.trajectory
     except ToleranceNotReached as error:
         print(f"\nresnet-limits: {error}", file=sys.stderr)
         status = "tolerance not reached"
@@ -333,9 +331,7 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
         "error_estimate": None if estimate is None else estimate.error_estimate,
         "relative_error_estimate": None if estimate is None else estimate.relative_error_estimate,
         "depth_points": list(estimate.depth_points) if estimate is not None else [d for d, _ in finished_levels],
-        "particles": estimate.particles if estimate is not None else (
-            limit_settings.particles if base.arch == "transformer" else None
-        ),
+        "particles": estimate.particles if estimate is not None else None,
         "steps": steps,
     }
     if args.json:
@@ -368,8 +364,16 @@ def _print_train_table(result: dict) -> None:
     heads = f" H={shape['H']} d_k={shape['key_dim']} d_v={shape['value_dim']}" if "H" in shape else ""
     print(f"task {result['task']}  L={shape['L']} M={shape['M']} D={shape['D']}{heads}  "
           f"P={result['num_parameters']}  status {result['status']}")
-    print(f"bound terms: 1/L = {bound['depth']:.4g}, sqrt(D/(L M)) = {bound['width']:.4g}, "
+    attention = f"sqrt(D/(L H)) = {bound['attention']:.4g}, " if "attention" in bound else ""
+    print(f"bound terms: 1/L = {bound['depth']:.4g}, {attention}sqrt(D/(L M)) = {bound['width']:.4g}, "
           f"1/sqrt(D) = {bound['embedding']:.4g}")
+    if "attention" in bound:
+        predicted = result["predicted_error"]
+        print(f"error laws predict: embedding {predicted['embedding']:.3g}, output {predicted['output']:.3g} "
+              "(constants fitted for ResNets)")
+    for law, optimal in (result.get("optimal_shape") or {}).items():
+        print(f"optimal shape of the {law} law at this P (M = H): L={optimal['L']} H={optimal['H']} "
+              f"D={optimal['D']} (bound {optimal['bound']:.3g})")
     estimates = result.get("limit_error_estimate") or {}
     if estimates:
         parts = ", ".join(f"{kind} {summary['relative_error_estimate']:.1e}" for kind, summary in sorted(estimates.items()))

@@ -36,9 +36,10 @@ def add_sweep_commands(commands) -> None:
                     "run into --out. Rerunning the same command skips the runs already stored. "
                     f"Axes are {AXIS_HELP}; log:1:2000:20 gives 1, 2, 3, 4, 6, 9, ..., 1355, 2000.",
     )
-    sweep.add_argument("--task", default="paper-tanh", choices=sorted(TASKS), help="task (default: paper-tanh)")
+    sweep.add_argument("--task", default="paper-tanh", choices=sorted(TASKS), help="task (default: paper-tanh); a sequence task such as seq-tanh sweeps Transformers "
+                            "with H = M heads per layer and d_k = d_v = 2")
     sweep.add_argument("--depth", "-L", default=None, help=f"depths L: {AXIS_HELP}")
-    sweep.add_argument("--width", "-M", default=None, help=f"widths M: {AXIS_HELP}")
+    sweep.add_argument("--width", "-M", default=None, help=f"widths M (and heads H = M for a sequence task): {AXIS_HELP}")
     sweep.add_argument("--dim", "-D", default=None, help=f"embedding dimensions D: {AXIS_HELP}")
     sweep.add_argument("--path", default=None,
                        help="instead of -L, -M and -D: the D exponent c of the path D = P^c (e.g. 1/3), with "

@@ -10,8 +10,8 @@ levels L', 2 L', 4 L' in two replicas, with ``limit_settings`` giving the coarse
 every comparison carries an estimate of its references' own error in ``limit_estimates``.
 
 With ``RunConfig.arch == "transformer"`` the network is an ``MLUTransformer`` and each limit is
-one plain particle simulation of ``limits.transformer`` (L' layers of M' heads and units), with
-no extrapolation, no error estimate and no cache.
+the extrapolated estimate of ``limits.transformer.estimate_transformer_limit`` (levels of L'
+layers of M' heads and units), cached in the same way.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ from resnet_limits.config import (
     LimitSettings,
     RunConfig,
     check_memory,
+    default_limit_settings,
     jax_dtype,
 )
 from resnet_limits.files import write_atomically
 from resnet_limits.limits.extrapolation import LEVELS, LimitEstimate, check_particles, estimate_limit_events
-from resnet_limits.limits.transformer import simulate_transformer_limit
+from resnet_limits.limits.transformer import estimate_transformer_limit_events
 from resnet_limits.models import MLUResNet, MLUTransformer
 from resnet_limits.tasks import Task, coupled_embeddings, get_task
 from resnet_limits.training import StepRecord, Trajectory, training_steps
@@ -209,7 +210,7 @@ class Comparison:
         cache: LimitCache | None = DEFAULT_CACHE,
     ):
         self.config = config.resolved()
-        self.limit_settings = (limit_settings or LimitSettings()).validate()
+        self.limit_settings = (limit_settings or default_limit_settings(self.config.arch)).validate()
         self.task: Task = get_task(self.config.task)
         self.memory_estimate_bytes = check_memory(
             self.config,
@@ -219,8 +220,7 @@ class Comparison:
             memory_budget_bytes,
             num_tokens=self.task.num_tokens,
         )
-        if self.config.arch == "resnet":
-            check_particles(self.limit_settings, self.task.span_dim)
+        check_particles(self.limit_settings, self.task.span_dim)
         self.cache = cache
         self.rows: list[dict] = []
         self.diverged_at: int | None = None  # step at which the network's training diverged
@@ -257,19 +257,15 @@ class Comparison:
 
         references = {}
         for stage, problem in ((STAGE_LIMIT, large_problem), (STAGE_MEAN_ODE, fixed_problem)):
-            if config.arch == "transformer":
-                trajectory = references[stage] = self._transformer_limit(problem)
-                yield Progress(stage, len(references) * LIMIT_UNITS, total)
-            else:
-                estimate = None
-                for item in self._limit_estimate(problem):
-                    if isinstance(item, LimitEstimate):
-                        estimate = item
-                    else:
-                        done += 1
-                        yield Progress(stage, done, total)
-                trajectory = references[stage] = estimate.trajectory
-                self.limit_estimates[problem.kind] = estimate
+            estimate = None
+            for item in self._limit_estimate(problem):
+                if isinstance(item, LimitEstimate):
+                    estimate = item
+                else:
+                    done += 1
+                    yield Progress(stage, done, total)
+            trajectory = references[stage] = estimate.trajectory
+            self.limit_estimates[problem.kind] = estimate
             done = len(references) * LIMIT_UNITS
             if trajectory.diverged_at is not None:
                 self.limit_diverged_at[problem.kind] = trajectory.diverged_at
@@ -307,22 +303,6 @@ class Comparison:
                 on_progress(progress)
         return self
 
-    def _transformer_limit(self, problem: limits.SpanProblem) -> Trajectory:
-        """Simulate the Transformer limit of ``problem`` once, at the limit settings."""
-        config = self.config
-        return simulate_transformer_limit(
-            problem,
-            self.task,
-            self.limit_settings,
-            steps=config.K,
-            learning_rate=config.learning_rate,
-            alpha=config.alpha,
-            activation=config.activation,
-            key_dim=config.key_dim,
-            value_dim=config.value_dim,
-            dtype=config.dtype,
-        )
-
     def _limit_estimate(self, problem: limits.SpanProblem):
         """Yield a marker per simulated level, then the estimate (cached by its inputs)."""
         config = self.config
@@ -336,20 +316,25 @@ class Comparison:
             config.dtype,
             self.limit_settings,
         )
-        cached = self.cache.get(key) if self.cache is not None else None
-        if cached is not None:
-            yield cached
-            return
-        events = estimate_limit_events(
-            problem,
-            self.task,
-            self.limit_settings,
+        kwargs = dict(
             steps=config.K,
             learning_rate=config.learning_rate,
             alpha=config.alpha,
             activation=config.activation,
             dtype=config.dtype,
         )
+        if config.arch == "transformer":
+            key += ("transformer", config.key_dim, config.value_dim)
+            events = estimate_transformer_limit_events(
+                problem, self.task, self.limit_settings, key_dim=config.key_dim, value_dim=config.value_dim, **kwargs
+            )
+        else:
+            events = estimate_limit_events(problem, self.task, self.limit_settings, **kwargs)
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None:
+            events.close()
+            yield cached
+            return
         while True:
             try:
                 event = next(events)
@@ -371,13 +356,21 @@ class Comparison:
         return "completed" if self.completed else "interrupted"
 
     def bound_terms(self) -> dict[str, float]:
-        # NOTE: for a Transformer these are the terms of its perceptron blocks (L, M, D). The
-        # attention term sqrt(D / (L H)) is not included, and neither are the heads in P = L M D.
-        return bounds.bound_terms(self.config.L, self.config.M, self.config.D)
+        """Return the embedding bound's terms for this shape; a Transformer's include "attention", sqrt(D/(L H))."""
+        config = self.config
+        if config.arch == "transformer":
+            return bounds.transformer_bound_terms(config.L, config.H, config.M, config.D)
+        return bounds.bound_terms(config.L, config.M, config.D)
 
     def predicted_errors(self) -> dict[str, float]:
         """Return the error laws' predictions (fitted constants) for this shape."""
         L, M, D = self.config.L, self.config.M, self.config.D
+        if self.config.arch == "transformer":
+            H = self.config.H
+            return {
+                "embedding": bounds.transformer_predict(bounds.EMBEDDING_LAW, L, H, M, D),
+                "output": bounds.transformer_predict(bounds.OUTPUT_LAW, L, H, M, D),
+            }
         return {
             "embedding": float(bounds.EMBEDDING_LAW.predict(L, M, D)),
             "output": float(bounds.OUTPUT_LAW.predict(L, M, D)),
@@ -387,8 +380,17 @@ class Comparison:
         """Return the run as plain JSON-ready data."""
         config = self.config
         shape = {"L": config.L, "M": config.M, "D": config.D}
+        extra = {}
         if config.arch == "transformer":
             shape.update(H=config.H, key_dim=config.key_dim, value_dim=config.value_dim)
+            extra["optimal_shape"] = {
+                law.name: dataclasses.asdict(
+                    bounds.transformer_optimal_shape(
+                        config.num_parameters, law, key_dim=config.key_dim, value_dim=config.value_dim
+                    )
+                )
+                for law in (bounds.EMBEDDING_LAW, bounds.OUTPUT_LAW)
+            }
         return {
             "shape": shape,
             "arch": config.arch,
@@ -406,6 +408,7 @@ class Comparison:
             "num_parameters": config.num_parameters,
             "bound": self.bound_terms(),
             "predicted_error": self.predicted_errors(),
+            **extra,
             "status": self.status,
             "diverged_at_step": self.diverged_at,
             "limit_diverged_at_step": dict(self.limit_diverged_at),

@@ -52,7 +52,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 
-from resnet_limits.config import DEFAULT_MEMORY_BUDGET_BYTES, LimitSettings, RunConfig
+from resnet_limits.config import DEFAULT_MEMORY_BUDGET_BYTES, LimitSettings, RunConfig, default_limit_settings
 
 logger = logging.getLogger(__name__)
 logger.addHandler(logging.NullHandler())
@@ -263,7 +263,7 @@ class ComparisonWorker:
                 "type": "run",
                 "id": self._next_id,
                 "config": dataclasses.asdict(config),
-                "limit_settings": dataclasses.asdict(limit_settings or LimitSettings()),
+                "limit_settings": dataclasses.asdict(limit_settings or default_limit_settings(config.arch)),
                 "memory_budget_bytes": memory_budget_bytes,
             }
         )
@@ -290,7 +290,7 @@ class ComparisonWorker:
                 "id": self._next_id,
                 "step": step,
                 "config": dataclasses.asdict(config),
-                "limit_settings": dataclasses.asdict(limit_settings or LimitSettings()),
+                "limit_settings": dataclasses.asdict(limit_settings or default_limit_settings(config.arch)),
                 "memory_budget_bytes": memory_budget_bytes,
             }
         )

@@ -100,3 +100,54 @@ def shape_summary_html(L: int, M: int, D: int) -> str:
         f"and among such paths this one has the least depth.{html.escape(smaller_note)}</p>"
         "</div>"
     )
+
+
+def transformer_shape_summary(L: int, H: int, D: int, key_dim: int, value_dim: int) -> dict:
+    """Return the numbers that the Transformer explorer shows beside its sliders, for M = H."""
+    num_parameters = bounds.transformer_num_parameters(L, H, H, D, key_dim, value_dim)
+    terms = bounds.transformer_bound_terms(L, H, H, D)
+    summary = {"P": num_parameters, "terms": terms, "terms_sum": float(sum(terms.values())), "laws": {}}
+    for kind, law in LAWS:
+        summary["laws"][kind] = {
+            "predicted": bounds.transformer_predict(law, L, H, H, D),
+            "bound": bounds.transformer_bound(law, L, H, H, D),
+            "optimal_shape": bounds.transformer_optimal_shape(num_parameters, law, key_dim=key_dim, value_dim=value_dim),
+        }
+    return summary
+
+
+TRANSFORMER_FORMULAS = {"depth": "1/L", "attention": "sqrt(D/(L H))", "width": "sqrt(D/(L M))", "embedding": "1/sqrt(D)"}
+
+
+def transformer_shape_summary_html(L: int, H: int, D: int, key_dim: int, value_dim: int) -> str:
+    """Return ``transformer_shape_summary`` as an HTML block of small tables."""
+    summary = transformer_shape_summary(L, H, D, key_dim, value_dim)
+    term_rows = "".join(
+        f"<tr><td>{html.escape(TRANSFORMER_FORMULAS[name])}</td><td>{_number(value)}</td></tr>"
+        for name, value in summary["terms"].items()
+    )
+    law_rows = []
+    for kind, law in summary["laws"].items():
+        shape = law["optimal_shape"]
+        law_rows.append(
+            f"<tr><td>{kind}</td><td>{_number(law['predicted'])}</td><td>{_number(law['bound'])}</td>"
+            f"<td>L={shape.L}, H=M={shape.H}, D={shape.D} (bound {_number(shape.bound)})</td></tr>"
+        )
+    return (
+        '<div class="explorer-summary" style="font-size: 13px; line-height: 1.4;">'
+        f"<p><b>P = L D (M + H (d_k + d_v)) = {summary['P']:,}</b> "
+        f"(L={L}, H=M={H}, D={D}, d_k={key_dim}, d_v={value_dim})</p>"
+        "<p>Bound err &le; C (1/L + sqrt(D/(L H)) + sqrt(D/(L M)) + 1/sqrt(D)):</p>"
+        '<table style="border-collapse: collapse;"><tr><th style="text-align:left">term</th>'
+        '<th style="text-align:left">value</th></tr>'
+        f"{term_rows}<tr><td><b>sum (C = 1)</b></td><td><b>{_number(summary['terms_sum'])}</b></td></tr>"
+        "</table>"
+        "<p>Error laws (constants fitted for ResNets; the attention term takes the width term's):</p>"
+        '<table style="border-collapse: collapse;"><tr><th style="text-align:left">error</th>'
+        '<th style="text-align:left">predicted</th><th style="text-align:left">bound</th>'
+        '<th style="text-align:left">optimal shape at this P</th></tr>'
+        f"{''.join(law_rows)}</table>"
+        '<p style="color:#555">With M = H the attention and perceptron terms are equal, so the optimal '
+        "shape grows L, H and D as P^(1/6), P^(1/2), P^(1/3) for the embedding error, as for a ResNet.</p>"
+        "</div>"
+    )

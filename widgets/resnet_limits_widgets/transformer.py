@@ -2,11 +2,13 @@
 
 The width slider sets the heads per layer H and the perceptron width M together (M = H), so the
 three sliders are L, H and D. Everything else (runs, cancelling, charts, the worker process) is
-the explorer's. Each limit is one plain particle simulation of ``limits.transformer`` at the
-app's limit settings, with no error estimate.
+the explorer's. Each limit is the extrapolated estimate of ``limits.transformer`` at the app's
+limit settings, with an estimate of its own error. The summary beside the sliders shows the
+Transformer's bound, with the attention term sqrt(D / (L H)), its parameter count and optimal
+shapes (``bounds.transformer_*``).
 
-NOTE: the predicted errors in the charts are the laws fitted for ResNets of perceptron blocks,
-evaluated at L, M = H and D; no law has been fitted for Transformers.
+NOTE: no error law has been fitted for Transformers. The predicted errors use the constants
+fitted for ResNets of perceptron blocks, and the attention term takes the width term's constant.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import dataclasses
 from resnet_limits.config import LimitSettings, RunConfig
 
 from resnet_limits_widgets.explorer import ExplorerApp
+from resnet_limits_widgets.summary import transformer_shape_summary_html
 
-# L' = 16 depth points with M' = 1024 heads and units each. The default run, both limits included,
-# took 15 s in-process on a shared 2-core CPU, and the estimated Monte Carlo error of the limits,
-# sqrt(k / (L' M')) = 0.02 for seq-tanh, is below the gaps of the default network (about 0.3).
-TRANSFORMER_LIMIT_SETTINGS = LimitSettings(depth_points=16, particles=1024)
+# Coarsest L' = 4 depth points with M' = 128 heads and units each, extrapolated over L' = 4, 8, 16.
+# Measured with /usr/bin/time on a 2-core CPU shared with other jobs (load 5), in-process, cold
+# compile, both limits included: the default run used 21 s of CPU (user) against 42 s at the
+# earlier L' = 16, M' = 1024. The time is mostly compilation of the three levels and the network.
+# The limits' error estimates were 0.035 (large-D) and 0.009 (fixed-D) RMS of f, below the
+# smallest gap of the default network (output error 0.066 against the fixed-D limit at step 10).
+TRANSFORMER_LIMIT_SETTINGS = LimitSettings(depth_points=4, particles=128)
 
 
 class TransformerExplorerApp(ExplorerApp):
@@ -46,6 +52,11 @@ class TransformerExplorerApp(ExplorerApp):
         self.value_dim = value_dim
         super().__init__(task, L=L, M=H, D=D, limit_settings=limit_settings or TRANSFORMER_LIMIT_SETTINGS, **kwargs)
         self.width.description = "H (heads = units)"
+
+    def _update_summary(self) -> None:
+        self.summary.value = transformer_shape_summary_html(
+            self.depth.value, self.width.value, self.dim.value, self.key_dim, self.value_dim
+        )
 
     def config(self) -> RunConfig:
         """Return the run settings that the controls show, for a Transformer with M = H."""

@@ -15,6 +15,7 @@ from resnet_limits.limits.mean_ode import (
 )
 from resnet_limits.limits.transformer import (
     antithetic_heads,
+    estimate_transformer_limit,
     simulate_transformer_limit,
     transformer_particle_system,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "LinearLimitSolution",
     "SpanProblem",
     "antithetic_heads",
+    "estimate_transformer_limit",
     "exact_linear_limit",
     "fixed_dim_problem",
     "large_dim_basis",

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -117,16 +117,26 @@ def check_particles(settings: LimitSettings, span_dim: int) -> None:
         )
 
 
-def _replica_levels(problem, task, settings: LimitSettings, *, dtype, **kwargs):
-    """Simulate the three coupled levels of one replica, yielding (L', trajectory) for each."""
+def resnet_level_systems(problem: SpanProblem, settings: LimitSettings, *, alpha: float, activation: str, dtype: str):
+    """Yield (L', particle ResNet) for the levels L', 2 L', 4 L' of one replica, coupled as ``coupled_level_units``."""
     units = coupled_level_units(jax.random.key(settings.seed), settings, problem.span_dim, jax_dtype(dtype))
     for level, level_units in enumerate(units):
         depth = settings.depth_points * 2**level
         level_settings = dataclasses.replace(settings, depth_points=depth, particles=level_units[0].shape[2])
-        system = particle_system(
-            problem, level_settings, alpha=kwargs["alpha"], activation=kwargs["activation"], dtype=dtype,
-            units=level_units,
+        yield depth, particle_system(
+            problem, level_settings, alpha=alpha, activation=activation, dtype=dtype, units=level_units
         )
+
+
+# A function (problem, settings, alpha=, activation=, dtype=) that yields (L', particle system) for
+# the three coupled levels of one replica; ``resnet_level_systems`` is the one of a ResNet.
+LevelSystems = Callable[..., Iterator[tuple[int, object]]]
+
+
+def _replica_levels(problem, task, settings: LimitSettings, *, dtype, level_systems: LevelSystems, **kwargs):
+    """Simulate the three coupled levels of one replica, yielding (L', trajectory) for each."""
+    systems = level_systems(problem, settings, alpha=kwargs["alpha"], activation=kwargs["activation"], dtype=dtype)
+    for depth, system in systems:
         trajectory = train(
             system, task.x_DinxN, task.y_DoutxN, steps=kwargs["steps"],
             learning_rate=kwargs["learning_rate"], loss_scale=task.loss_scale,
@@ -149,7 +159,8 @@ def _richardson(trajectories: list[Trajectory], steps: int) -> tuple[np.ndarray,
 
 
 def _rms_per_step(values_TxDoutxN: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.mean(np.square(values_TxDoutxN), axis=(1, 2)))
+    """Return the RMS over all entries of each step, tokens included for a sequence task."""
+    return np.sqrt(np.mean(np.square(values_TxDoutxN), axis=tuple(range(1, values_TxDoutxN.ndim))))
 
 
 def _estimate(replicas: list[list[Trajectory]], task: Task, settings: LimitSettings) -> LimitEstimate:
@@ -213,8 +224,13 @@ def estimate_limit_events(
     max_depth_points: int = MAX_DEPTH_POINTS,
     max_particles: int = MAX_PARTICLES,
     memory_check: Callable[[LimitSettings], None] | None = None,
+    level_systems: LevelSystems = resnet_level_systems,
 ) -> Generator[LevelEvent, None, LimitEstimate]:
-    """Yield a LevelEvent as work proceeds and return the LimitEstimate; see ``estimate_limit``."""
+    """Yield a LevelEvent as work proceeds and return the LimitEstimate; see ``estimate_limit``.
+
+    ``level_systems`` builds the particle systems of the levels: ResNets by default, or the
+    Transformers of ``limits.transformer.transformer_level_systems``.
+    """
     settings.validate()
     check_particles(settings, problem.span_dim)
     kwargs = dict(steps=steps, learning_rate=learning_rate, alpha=alpha, activation=activation)
@@ -226,7 +242,10 @@ def estimate_limit_events(
         for replica in range(2):
             replica_settings = dataclasses.replace(settings, seed=(settings.seed + 2**31 * replica) % 2**32)
             levels = []
-            for depth, trajectory in _replica_levels(problem, task, replica_settings, dtype=dtype, **kwargs):
+            replica_levels = _replica_levels(
+                problem, task, replica_settings, dtype=dtype, level_systems=level_systems, **kwargs
+            )
+            for depth, trajectory in replica_levels:
                 levels.append(trajectory)
                 yield LevelEvent(attempt, settings, depth, trajectory)
             replicas.append(levels)
@@ -283,7 +302,7 @@ def estimate_limit(
     by a power of two, until the estimate meets it; it stops at the first attempt in which a
     simulation diverged, whose estimate carries the step in ``trajectory.diverged_at``. Keyword
     arguments ``tol``, ``steps``, ``learning_rate``, ``alpha``, ``activation``, ``dtype``,
-    ``max_depth_points``, ``max_particles`` and ``memory_check`` are those of
+    ``max_depth_points``, ``max_particles``, ``memory_check`` and ``level_systems`` are those of
     ``estimate_limit_events``: ``memory_check(settings)``, if given, runs before each grown
     attempt, and a ConfigError from it ends the search with ToleranceNotReached.
     ``on_level(attempt, settings)`` is called before each attempt and

@@ -5,6 +5,11 @@ training run each. Configurations that share a shape and task settings form a ``
 one call of a group trainer trains over all its seeds. Each configuration has a stable id, a
 SHA-256 hash of its settings as canonical JSON, which names its part in the result store.
 
+A sequence task (``seq-tanh``) makes every configuration a Transformer (``RunConfig.arch``
+"transformer"). Its width axis M sets the heads per layer and the perceptron width together,
+H = M, as the Transformer explorer does, and d_k = d_v = 2 (the RunConfig defaults). The shape
+(L, M, D) and the configuration ids then keep the form of a ResNet sweep.
+
 Axis syntax (``parse_axis``): ``1,4,16`` is a list, ``log:1:2000:20`` is 20 log-spaced distinct
 integers from 1 to 2000 (``log_integers``).
 """
@@ -18,6 +23,7 @@ import json
 import math
 
 from resnet_limits.config import ConfigError, LimitSettings, RunConfig, check_positive_int
+from resnet_limits.tasks import TASKS, get_task
 
 # Tolerance of the extrapolated large-D limit: an estimate of the RMS error of its outputs f_k,
 # at the worst step. It is below the smallest output errors of the paper's grid (about 0.01).
@@ -107,7 +113,14 @@ class TaskSettings:
         )
 
     def run_config(self, L: int, M: int, D: int, seed: int) -> RunConfig:
-        """Return the resolved RunConfig of one configuration with these settings."""
+        """Return the resolved RunConfig of one configuration with these settings.
+
+        A sequence task gives a Transformer with H = M heads per layer.
+        """
+        if self.task in TASKS and get_task(self.task).num_tokens is not None:
+            transformer = {"arch": "transformer", "H": M}
+        else:
+            transformer = {}
         return RunConfig(
             task=self.task,
             L=L,
@@ -119,6 +132,7 @@ class TaskSettings:
             activation=self.activation,
             seed=seed,
             dtype=self.dtype,
+            **transformer,
         ).resolved()
 
     def to_dict(self) -> dict:

@@ -19,6 +19,10 @@ References:
 * Fixed-D Mean ODE: one ``limits.simulate_limit`` run with the spec's ``mean_ode`` settings (the
   ``LimitSettings`` defaults unless changed). It depends on D and the seed through the
   embeddings, and is cached per process, so groups of other L and M on the same worker reuse it.
+
+For a sequence task the networks are Transformers with H = M (``sweeps.grid``), the large-D limit
+is ``limits.transformer.estimate_transformer_limit`` and the fixed-D Mean ODE one
+``limits.simulate_transformer_limit`` run.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from resnet_limits import group_training, limits
 from resnet_limits.config import DEFAULT_MEMORY_BUDGET_BYTES, RunConfig, check_memory, jax_dtype
 from resnet_limits.experiment import ERROR_COLUMNS, LimitCache, build_network, error_row
 from resnet_limits.limits.extrapolation import ToleranceNotReached, estimate_limit
+from resnet_limits.limits.transformer import estimate_transformer_limit
 from resnet_limits.sweeps.grid import Configuration, Group, SweepSpec, TaskSettings
 from resnet_limits.sweeps.store import ResultStore, rows_to_frame
 from resnet_limits.tasks import Task, coupled_embeddings, get_task
@@ -77,10 +82,19 @@ def train_group(task: Task, config: RunConfig, seeds: Sequence[int]) -> list[Tra
     return trajectories
 
 
-# The trainer that ``run_sweep`` uses unless given another one: all K steps of every seed in one
-# compiled call, with factored weight updates (``resnet_limits.group_training``). It equals
-# ``train_group`` below up to rounding and is several times faster on large shapes.
-DEFAULT_TRAINER = group_training.train_group
+# The trainer that ``run_sweep`` uses unless given another one. For a ResNet it trains all K steps
+# of every seed in one compiled call, with factored weight updates (``resnet_limits.group_training``),
+# which equals ``train_group`` above up to rounding and is several times faster on large shapes.
+# A Transformer's seeds are trained one by one with ``train_group``.
+def default_trainer(
+    task: Task, config: RunConfig, seeds: Sequence[int], *, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
+) -> list[Trajectory]:
+    if config.arch == "transformer":
+        return train_group(task, config, seeds)
+    return group_training.train_group(task, config, seeds, memory_budget_bytes=memory_budget_bytes)
+
+
+DEFAULT_TRAINER = default_trainer
 
 # Fixed-D Mean ODE trajectories of this process, keyed by task settings, D, seed and LimitSettings.
 _MEAN_ODE_CACHE = LimitCache(max_entries=256)
@@ -114,45 +128,47 @@ def compute_large_limit(settings: TaskSettings, spec: SweepSpec) -> LargeLimit:
     problem = limits.large_dim_problem(task)
     kwargs = dict(steps=config.K, learning_rate=config.learning_rate, alpha=config.alpha,
                   activation=config.activation, dtype=config.dtype)
+    if config.arch == "transformer":
+        estimate = functools.partial(estimate_transformer_limit, key_dim=config.key_dim, value_dim=config.value_dim)
+    else:
+        estimate = estimate_limit
 
     def stop_if_diverged(depth_points: int, trajectory: Trajectory) -> None:
         if trajectory.diverged_at is not None:
             raise _LimitDiverged(depth_points, trajectory.diverged_at)
 
     try:
-        estimate = estimate_limit(problem, task, spec.limit_start, tol=spec.limit_tol,
-                                  on_level_done=stop_if_diverged, **kwargs)
+        result = estimate(problem, task, spec.limit_start, tol=spec.limit_tol,
+                          on_level_done=stop_if_diverged, **kwargs)
     except ToleranceNotReached as error:
         logger.warning("large-D limit of %s: %s; using the best estimate", settings, error)
-        estimate = error.best
+        result = error.best
     except _LimitDiverged as diverged:
         # A diverged limit has no finite error estimate, so more depth points or particles
         # cannot meet the tolerance. One extrapolation gives the steps before the divergence.
         depth_points, step = diverged.args
         logger.warning("large-D limit of %s diverged at step %d with L' = %d; its rows stop there",
                        settings, step, depth_points)
-        estimate = estimate_limit(problem, task, spec.limit_start, tol=None, **kwargs)
-    trajectory = estimate.trajectory
-    return LargeLimit(trajectory.loss_K, trajectory.f_KxDoutxN, trajectory.h_KxDxN, estimate.error_estimate)
+        result = estimate(problem, task, spec.limit_start, tol=None, **kwargs)
+    trajectory = result.trajectory
+    return LargeLimit(trajectory.loss_K, trajectory.f_KxDoutxN, trajectory.h_KxDxN, result.error_estimate)
 
 
 def _mean_ode(task: Task, config: RunConfig, w_embed, w_unembed, settings) -> tuple[Trajectory, np.ndarray]:
     """Return the fixed-D Mean ODE of the embeddings and its basis, from the process cache if there."""
     problem, basis_DxK = limits.fixed_dim_problem(w_embed, w_unembed)
     key = (problem.cache_key(), task.name, config.K, config.learning_rate, config.alpha, config.activation,
-           config.dtype, settings)
+           config.dtype, settings, config.arch, config.key_dim, config.value_dim)
     trajectory = _MEAN_ODE_CACHE.get(key)
     if trajectory is None:
-        trajectory = limits.simulate_limit(
-            problem,
-            task,
-            settings,
-            steps=config.K,
-            learning_rate=config.learning_rate,
-            alpha=config.alpha,
-            activation=config.activation,
-            dtype=config.dtype,
-        )
+        kwargs = dict(steps=config.K, learning_rate=config.learning_rate, alpha=config.alpha,
+                      activation=config.activation, dtype=config.dtype)
+        if config.arch == "transformer":
+            trajectory = limits.simulate_transformer_limit(
+                problem, task, settings, key_dim=config.key_dim, value_dim=config.value_dim, **kwargs
+            )
+        else:
+            trajectory = limits.simulate_limit(problem, task, settings, **kwargs)
         _MEAN_ODE_CACHE.put(key, trajectory)
     return trajectory, basis_DxK
 
@@ -327,15 +343,16 @@ def run_sweep(
     work, when a shape's memory estimate is over ``memory_budget_bytes``. Configurations recorded
     as failed are computed again, so a sweep rerun with a larger budget completes them.
     """
-    default_trainer = trainer is None
-    if default_trainer:
+    uses_default_trainer = trainer is None
+    if uses_default_trainer:
         trainer = functools.partial(DEFAULT_TRAINER, memory_budget_bytes=memory_budget_bytes)
     # Every shape is checked before the store is created, so a rejected sweep leaves no directory.
     for group in _pending_groups(spec, set()):
         config = group.run_config()
         task = get_task(config.task)
-        check_memory(config, task.num_samples, spec.mean_ode, task.span_dim, memory_budget_bytes)
-        if default_trainer:
+        check_memory(config, task.num_samples, spec.mean_ode, task.span_dim, memory_budget_bytes,
+                     num_tokens=task.num_tokens)
+        if uses_default_trainer and config.arch == "resnet":
             group_training.plan_group(config.resolved(), task.num_samples, task.d_out, len(group.seeds),
                                       memory_budget_bytes)
     store = ResultStore(out)
