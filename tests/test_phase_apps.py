@@ -222,6 +222,7 @@ def printed_value(printed: str, prefix: str) -> str:
     return line[len(prefix):].strip()
 
 
+@pytest.mark.slow
 def test_part_six_executes():
     notebook = nbformat.read(NOTEBOOKS / "06-phase-and-transfer.ipynb", as_version=4)
     notebook.cells.extend(nbformat.v4.new_code_cell(source) for source in CHECK_CELLS)
