@@ -235,9 +235,10 @@ def diagnose(
     The embeddings and the standard Gaussian unit draws are those of ``experiment.Comparison``
     for the same seed, scaled per rule. A dict has the rule's name, the shape, the learning
     rate, ``loss_initial`` and ``loss_final`` (steps 0 and K), ``diverged_at`` (the first step
-    that diverged, or None) and the diagnostics of the module docstring, which are NaN for a
-    run that diverged. With ``linearised`` False the linear model is not trained and its two
-    columns are NaN.
+    that diverged, or None), the same for each linear model (``linear_diverged_at``,
+    ``block_linear_diverged_at``) and the diagnostics of the module docstring, which are NaN
+    for a run that diverged. With ``linearised`` False the two linear models are not trained
+    and their distances are NaN.
     """
     task = get_task(task) if isinstance(task, str) else task
     if task.num_tokens is not None:
