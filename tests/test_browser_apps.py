@@ -180,3 +180,29 @@ def test_transformer_app_runs_with_error_estimate(browser, apps_server):  # noqa
     assert_no_python_error(page)
     assert offline.blocked_code() == []
     page.close()
+
+
+def test_phase_app_runs_and_cancels(browser, apps_server):  # noqa: F811
+    query = "?n=12,24&gamma_min=0&gamma_max=0.25&lambda_min=-1&lambda_max=-0.5&seeds=1&K=3"
+    offline = open_app(browser, apps_server, "phase.ipynb", query)
+    page = offline.page
+
+    wait_for_text(page, apps_server, ".phase-status", "Computed in", timeout=FIRST_RENDER_MS)
+    wait_for_text(page, apps_server, ".phase-chart", "Measured regimes on L = M = D = n, n = 12, 24, K = 3")
+    assert "depth-mup" in page.inner_text(".phase-table")
+    assert "n=12%2C24&gamma_min=0&gamma_max=0.25" in page.inner_text(".phase-link")
+    assert "scales=[12, 24]" in page.locator("textarea.phase-code").input_value()
+    assert downloaded_png(page).startswith(PNG_SIGNATURE)
+
+    # Larger sizes take long enough to cancel; the text box starts the run when Enter commits it.
+    sizes = page.locator(".widget-inline-hbox", has_text="sizes n").locator("input")
+    sizes.fill("12, 24, 48, 64")
+    sizes.press("Enter")
+    wait_for_text(page, apps_server, ".phase-status", "Training")
+    page.locator("button.widget-button", has_text="Cancel").click()
+    wait_for_text(page, apps_server, ".phase-status", "Cancelled.", timeout=CANCEL_SECONDS * 1000)
+    assert "n = 12, 24, K = 3" in page.inner_text(".phase-chart")
+
+    assert_no_python_error(page)
+    assert offline.blocked_code() == []
+    page.close()

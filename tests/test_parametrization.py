@@ -58,6 +58,117 @@ def test_rule_values_at_two_sizes(shape):
     }, rel=1e-15)
 
 
+@pytest.mark.parametrize("shape", [(4, 8, 16), (16, 64, 32)])
+def test_published_rules_at_two_sizes(shape):
+    L, M, D = shape
+    general = pz.RULES["general-alpha"].values(L, M, D)
+    assert general == pytest.approx({
+        "input_multiplier": 1 / D,
+        "residual_multiplier": 4 / (L * M),
+        "output_multiplier": 1 / D,
+        "u_variance": D,
+        "v_variance": D,
+        "u_learning_rate": L * M * D / 16,
+        "v_learning_rate": L * M * D / 16,
+    }, rel=1e-15)
+
+    completep = pz.RULES["completep"].values(L, M, D)
+    assert completep == pytest.approx({
+        "input_multiplier": 1.0,
+        "residual_multiplier": 1 / L,
+        "output_multiplier": 1 / D,
+        "u_variance": 1 / D,
+        "v_variance": 1 / M,
+        "u_learning_rate": L,
+        "v_learning_rate": L,
+    }, rel=1e-15)
+
+    depth_mup = pz.RULES["depth-mup"].values(L, M, D)
+    assert depth_mup == pytest.approx({
+        "input_multiplier": 1.0,
+        "residual_multiplier": 1 / math.sqrt(L),
+        "output_multiplier": 1 / D,
+        "u_variance": 1 / D,
+        "v_variance": 1 / M,
+        "u_learning_rate": 1.0,
+        "v_learning_rate": 1.0,
+    }, rel=1e-15)
+
+
+# MLU coordinates (residual scale, U rate, V rate, U variance, output) of every rule at a shape,
+# from the formulas of the module docstring worked by hand.
+@pytest.mark.parametrize("shape", [(4, 8, 16), (16, 64, 32)])
+def test_mlu_coordinates_at_two_sizes(shape):
+    L, M, D = shape
+    expected = {
+        "mlu": (1.0, 1.0, 1.0),
+        "general-alpha": (4.0, 1 / 16, 1 / 16),
+        "completep": (math.sqrt(M / D), D / M, 1.0),
+        "depth-mup": (math.sqrt(L * M / D), D / (L * M), 1 / L),
+        "standard": (L * math.sqrt(M / D), D / (L * M), 1 / L),
+    }
+    for name, (residual_scale, u_rate, v_rate) in expected.items():
+        coordinates = {key: value.value(L, M, D) for key, value in pz.RULES[name].mlu_coordinates().items()}
+        assert coordinates["residual_scale"] == pytest.approx(residual_scale, rel=1e-12), name
+        assert coordinates["u_rate"] == pytest.approx(u_rate, rel=1e-12), name
+        assert coordinates["v_rate"] == pytest.approx(v_rate, rel=1e-12), name
+        assert coordinates["u_variance"] == pytest.approx(1.0, rel=1e-12), name
+        output = math.sqrt(D) if name == "standard" else 1.0
+        assert coordinates["output"] == pytest.approx(output, rel=1e-12), name
+
+
+def test_phase_points_on_diagonal():
+    points = {name: rule.phase_point((1, 1, 1)) for name, rule in pz.RULES.items()}
+
+    assert (points["mlu"]["residual_exponent"], points["mlu"]["rate_exponent"]) == (0.0, 0.0)
+    assert (points["completep"]["residual_exponent"], points["completep"]["rate_exponent"]) == (0.0, 0.0)
+    assert (points["depth-mup"]["residual_exponent"], points["depth-mup"]["rate_exponent"]) == (0.5, -1.0)
+    assert (points["standard"]["residual_exponent"], points["standard"]["rate_exponent"]) == (1.0, -1.0)
+    assert points["depth-mup"]["on_plane"]
+    assert not points["standard"]["on_plane"]
+    assert points["standard"]["off_plane"] == "readout m_out D grows as n^0.5"
+
+
+def test_rule_overview_rows():
+    rows = {row["rule"]: row for row in pz.rule_overview()}
+
+    assert list(rows) == list(pz.RULES)
+    assert rows["completep"]["residual_multiplier"] == "L^-1"
+    assert rows["depth-mup"]["residual_multiplier"] == "L^-0.5"
+    assert (rows["depth-mup"]["gamma"], rows["depth-mup"]["lambda"]) == (0.5, -1.0)
+    assert rows["standard"]["off_plane"] == "readout m_out D grows as n^0.5"
+
+
+def test_completep_off_plane_when_width_outgrows_dim():
+    point = pz.RULES["completep"].phase_point((0, 1, 0.5))
+
+    assert point["residual_exponent"] == pytest.approx(0.25)
+    assert not point["on_plane"]
+    assert "U rate n^-0.5 but V rate n^0" in point["off_plane"]
+
+
+@pytest.mark.parametrize("name", ["completep", "depth-mup", "standard"])
+def test_gauge_conversion_trains_identically(name):
+    task = get_task("paper-tanh")
+    rule = pz.RULES[name]
+    converted = rule.in_mlu_gauge()
+    assert converted.values(3, 5, 7)["input_multiplier"] == pytest.approx(1 / 7)
+    with jax.enable_x64(True):
+        original = list(pz.general_training(rule, task, 3, 5, 7, steps=3, learning_rate=0.01, dtype="float64"))
+        gauged = list(pz.general_training(converted, task, 3, 5, 7, steps=3, learning_rate=0.01, dtype="float64"))
+
+    np.testing.assert_allclose([r.loss for r in gauged], [r.loss for r in original], rtol=1e-10)
+    np.testing.assert_allclose(gauged[-1].h_SxDxN, original[-1].h_SxDxN, rtol=1e-9, atol=1e-12)
+
+
+def test_general_alpha_at_one_is_mlu():
+    rule = pz.general_alpha(1.0)
+
+    assert rule.mlu_alpha() == 1.0  # so train_under_rule trains the default MLUResNet
+    for shape in [(4, 8, 16), (16, 64, 32)]:
+        assert rule.values(*shape) == pz.RULES["mlu"].values(*shape)
+
+
 def test_mlu_alpha_scales_residual_and_rate():
     values = pz.mlu(2.0).values(4, 8, 16)
     assert values["residual_multiplier"] == pytest.approx(2.0 / 32, rel=1e-15)
@@ -79,7 +190,8 @@ def test_rule_table_rows():
 
 
 def test_unknown_rule_rejected():
-    with pytest.raises(ConfigError, match="unknown parametrisation 'mup'; choose one of: mlu, standard"):
+    with pytest.raises(ConfigError, match="unknown parametrisation 'mup'; choose one of: completep, depth-mup, "
+                       "general-alpha, mlu, standard"):
         pz.get_rule("mup")
 
 

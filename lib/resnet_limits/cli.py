@@ -11,7 +11,7 @@ import math
 import sys
 import time
 
-from resnet_limits import __version__, cli_sweeps
+from resnet_limits import __version__, cli_phase, cli_sweeps
 from resnet_limits.config import (
     ACTIVATIONS,
     ARCHITECTURES,
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: one extrapolation at --limit-depth and --limit-particles)")
     _add_common(limit)
     cli_sweeps.add_sweep_commands(commands)
+    cli_phase.add_phase_commands(commands)
     return parser
 
 
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         "fit": cli_sweeps.run_fit_command,
         "shape": cli_sweeps.run_shape_command,
         "reproduce": cli_sweeps.run_reproduce_command,
+        "phase": cli_phase.run_phase_command,
+        "transfer": cli_phase.run_transfer_command,
     }
     try:
         if args.command in sweep_commands:

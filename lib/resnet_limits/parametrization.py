@@ -13,9 +13,50 @@ rule, so two rules differ only in the seven scalings. ``RULES`` is the table of 
 
 * ``mlu``: the maximal local feature update model of ``resnet_limits.models`` (Chizat, arXiv
   2509.10167): m_in = m_out = 1/D, var = D, m_res = alpha / (L M), lr = L M D / alpha^2.
+* ``general-alpha``: the same model with residual scale alpha = GENERAL_ALPHA (4) in place of 1
+  (``mlu(alpha)`` for any alpha), as in section 1 of the model's definition: m_res = alpha / (L M)
+  and lr = L M D / alpha^2, so the function moves by O(1) per step while the units move by
+  O(1/alpha). alpha -> infinity is the lazy limit, in which training follows the linearisation
+  of the network around its initialisation.
+* ``completep``: CompleteP (Dey et al. 2025, arXiv 2505.01618) with muP in width (Yang and Hu
+  2021, arXiv 2011.14522): fan-in variances var_U = 1/D, var_V = 1/M, no input multiplier, a
+  1/L branch multiplier, the muP readout m_out = 1/D, and lr_U = lr_V = L.
+* ``depth-mup``: depth-muP (Yang et al. 2023, arXiv 2310.02244; Bordelon et al. 2023, arXiv
+  2309.16620): as CompleteP but with 1/sqrt(L) branches and lr_U = lr_V = 1.
 * ``standard``: fan-in initialisation with no multipliers: var_U = 1/D, var_V = 1/M, m_res = 1,
   m_out = 1/sqrt(D), and one learning rate for every size. Variance 1/fan-in is that of LeCun
   normal, the default kernel initialiser of ``nnx.Linear`` in flax 0.12.8.
+
+Converting the published rules to this model. muP treats U (D -> M) and V (M -> D) as hidden
+weights, both widths D and M grow, and the embeddings W_E and W_U are frozen here. Under
+gradient descent muP gives hidden weights the fan-in variance and a learning rate that does
+not depend on the width, and the readout the variance 1/fan-in^2, which is m_out = 1/D on the
+O(1) entries of W_U. (For Adam the hidden learning rate is 1/fan-in instead, because Adam's
+update of an entry is about the learning rate whatever the gradient's size.) CompleteP and
+depth-muP scale the branch as L^-a, with a = 1 and a = 1/2, and are stated for Adam. An Adam
+learning rate of L^(a-1) for the block weights makes each weight entry move by L^(a-1) per
+step. Gradient descent reaches the same movement with a raw rate of L^(2a-1), because the
+gradient of a block weight carries the branch multiplier L^-a. That gives lr = L for CompleteP
+and lr = 1 for depth-muP. Each block's output then moves by O(1/L) per step and the stream by
+O(1), and under depth-muP the weights of a block move by only L^-1/2.
+
+Gauge and MLU coordinates. Scaling a weight by theta (var -> var theta^2, m -> m / theta,
+lr -> lr theta^2) changes neither the function nor its gradient-descent trajectory, so only
+the products m_in^2 var_U, m_res^2 var_V, m_in^2 lr_U and m_res^2 lr_V matter, with m_out.
+``Parametrization.mlu_coordinates`` writes every rule in the gauge of the MLU model (m_in =
+1/D, var_U = D u_variance, var_V = D) and returns, as Scalings:
+
+    residual_scale = L M (m_res^2 var_V / D)^(1/2)      the alpha of the rule (1 for MLU)
+    u_rate = m_in^2 lr_U D / (L M)                       lr_U in that gauge over L M D
+    v_rate = m_res^2 lr_V L M / (D residual_scale^2)     lr_V in that gauge over L M D
+    u_variance = m_in^2 var_U D                          1 for fan-in initialisation of U
+    output = m_out D                                     1 for the MLU readout
+
+MLU with residual scale alpha has residual_scale = alpha and u_rate = v_rate = 1 / alpha^2.
+On the path L = M = D = n, CompleteP has all five equal to 1 (it is MLU there), depth-muP has
+residual_scale = n^(1/2) and rates n^-1 (MLU with alpha = sqrt(n)), and the standard rule has
+residual_scale = n, rates n^-1 and output = n^(1/2). ``in_mlu_gauge`` builds the converted
+rule, which trains exactly as the original.
 
 A rule that has the exact MLU form builds an ``MLUResNet`` and trains with ``training.train``
 (``Parametrization.mlu_alpha``). Every rule also runs through ``general_training``, a plain JAX
@@ -59,6 +100,17 @@ class Scaling:
 
     def exponents(self) -> tuple[float, float, float]:
         return (self.L, self.M, self.D)
+
+    def __mul__(self, other: Scaling) -> Scaling:
+        return Scaling(self.constant * other.constant, self.L + other.L, self.M + other.M, self.D + other.D)
+
+    def __pow__(self, power: float) -> Scaling:
+        return Scaling(self.constant**power, self.L * power, self.M * power, self.D * power)
+
+    def path_exponent(self, path: Sequence[float]) -> float:
+        """Return e such that the value grows as n^e on the path L = n^p_L, M = n^p_M, D = n^p_D."""
+        p_L, p_M, p_D = path
+        return float(self.L * p_L + self.M * p_M + self.D * p_D)
 
     def formula(self) -> str:
         """Return the scaling as text, e.g. "L^-1 M^-1" or "1"."""
@@ -146,6 +198,71 @@ class Parametrization:
                 return None
         return alpha
 
+    def mlu_coordinates(self) -> dict[str, Scaling]:
+        """Return the gauge-free quantities of the module docstring: residual scale, rates, U variance, output.
+
+        Each is a Scaling relative to the MLU model at alpha = 1, where all five are 1.
+        """
+        residual_scale = (self.residual_multiplier**2 * self.v_variance * Scaling(1.0, D=-1.0)) ** 0.5
+        residual_scale = residual_scale * Scaling(1.0, L=1.0, M=1.0)
+        u_rate = self.input_multiplier**2 * self.u_learning_rate * Scaling(1.0, L=-1.0, M=-1.0, D=1.0)
+        v_rate = (
+            self.residual_multiplier**2 * self.v_learning_rate * Scaling(1.0, L=1.0, M=1.0, D=-1.0)
+            * residual_scale**-2
+        )
+        return {
+            "residual_scale": residual_scale,
+            "u_rate": u_rate,
+            "v_rate": v_rate,
+            "u_variance": self.input_multiplier**2 * self.u_variance * Scaling(1.0, D=1.0),
+            "output": self.output_multiplier * Scaling(1.0, D=1.0),
+        }
+
+    def in_mlu_gauge(self) -> Parametrization:
+        """Return the equivalent rule with m_in = 1/D and var_V = D, which trains exactly as this one."""
+        coordinates = self.mlu_coordinates()
+        lmd = Scaling(1.0, L=1.0, M=1.0, D=1.0)
+        return dataclasses.replace(
+            self,
+            name=f"{self.name} (MLU gauge)",
+            input_multiplier=Scaling(1.0, D=-1.0),
+            residual_multiplier=coordinates["residual_scale"] * Scaling(1.0, L=-1.0, M=-1.0),
+            u_variance=coordinates["u_variance"] * Scaling(1.0, D=1.0),
+            v_variance=Scaling(1.0, D=1.0),
+            u_learning_rate=coordinates["u_rate"] * lmd,
+            v_learning_rate=coordinates["v_rate"] * lmd,
+        )
+
+    def phase_point(self, path: Sequence[float] = (1.0, 1.0, 1.0)) -> dict:
+        """Return where the rule sits in the phase diagram of ``resnet_limits.phase`` on a scaling path.
+
+        ``path`` is (p_L, p_M, p_D) for L = n^p_L, M = n^p_M, D = n^p_D. The point is the exponent
+        of the residual scale (``residual_exponent``) and of the learning rate in the MLU gauge over
+        L M D (``rate_exponent``, the mean of the U and V exponents). ``on_plane`` is False, with
+        the reasons in ``off_plane``, when the rule differs from the diagram's family by more than
+        constants: U not of fan-in variance, another readout exponent, or U and V rates that
+        scale differently.
+        """
+        coordinates = self.mlu_coordinates()
+        exponent = {name: scaling.path_exponent(path) for name, scaling in coordinates.items()}
+        reasons = []
+        if abs(exponent["u_variance"]) > 1e-12:
+            reasons.append(f"U variance grows as n^{exponent['u_variance']:g} relative to fan-in")
+        if abs(exponent["output"]) > 1e-12:
+            reasons.append(f"readout m_out D grows as n^{exponent['output']:g}")
+        if abs(exponent["u_rate"] - exponent["v_rate"]) > 1e-12:
+            reasons.append(f"U rate n^{exponent['u_rate']:g} but V rate n^{exponent['v_rate']:g}")
+        return {
+            "rule": self.name,
+            "residual_exponent": exponent["residual_scale"],
+            "rate_exponent": (exponent["u_rate"] + exponent["v_rate"]) / 2,
+            "u_rate_exponent": exponent["u_rate"],
+            "v_rate_exponent": exponent["v_rate"],
+            "output_exponent": exponent["output"],
+            "on_plane": not reasons,
+            "off_plane": "; ".join(reasons),
+        }
+
 
 def mlu(alpha: float = 1.0) -> Parametrization:
     """Return the MLU rule with residual scale ``alpha``; alpha = 1 is this project's default model."""
@@ -167,6 +284,53 @@ def mlu(alpha: float = 1.0) -> Parametrization:
     )
 
 
+# The residual scale of the ``general-alpha`` rule: a fixed alpha above 1, towards the lazy regime.
+GENERAL_ALPHA = 4.0
+
+
+def general_alpha(alpha: float = GENERAL_ALPHA) -> Parametrization:
+    """Return the MLU rule with residual scale ``alpha``, under the name "general-alpha"."""
+    rule = mlu(alpha)
+    return dataclasses.replace(
+        rule,
+        name="general-alpha",
+        description=(
+            f"MLU with residual scale alpha = {alpha:g}: branches alpha/(L M), raw learning rate "
+            "eta L M D / alpha^2; alpha -> infinity is the lazy limit"
+        ),
+    )
+
+
+COMPLETEP = Parametrization(
+    name="completep",
+    description=(
+        "CompleteP (Dey et al. 2025) with muP in width, for gradient descent: fan-in initialisation, "
+        "1/L branches, readout 1/D, raw learning rate eta L"
+    ),
+    input_multiplier=Scaling(),
+    residual_multiplier=Scaling(1.0, L=-1.0),
+    output_multiplier=Scaling(1.0, D=-1.0),
+    u_variance=Scaling(1.0, D=-1.0),
+    v_variance=Scaling(1.0, M=-1.0),
+    u_learning_rate=Scaling(1.0, L=1.0),
+    v_learning_rate=Scaling(1.0, L=1.0),
+)
+
+DEPTH_MUP = Parametrization(
+    name="depth-mup",
+    description=(
+        "depth-muP (Yang et al. 2023, Bordelon et al. 2023) with muP in width, for gradient descent: "
+        "fan-in initialisation, 1/sqrt(L) branches, readout 1/D, raw learning rate eta"
+    ),
+    input_multiplier=Scaling(),
+    residual_multiplier=Scaling(1.0, L=-0.5),
+    output_multiplier=Scaling(1.0, D=-1.0),
+    u_variance=Scaling(1.0, D=-1.0),
+    v_variance=Scaling(1.0, M=-1.0),
+    u_learning_rate=Scaling(),
+    v_learning_rate=Scaling(),
+)
+
 STANDARD = Parametrization(
     name="standard",
     description=(
@@ -182,8 +346,14 @@ STANDARD = Parametrization(
     v_learning_rate=Scaling(),
 )
 
-# The named rules. Add a rule (CompleteP, depth-muP, ...) as one more entry.
-RULES: dict[str, Parametrization] = {"mlu": mlu(), "standard": STANDARD}
+# The named rules, in the order the apps list them.
+RULES: dict[str, Parametrization] = {
+    "mlu": mlu(),
+    "general-alpha": general_alpha(),
+    "completep": COMPLETEP,
+    "depth-mup": DEPTH_MUP,
+    "standard": STANDARD,
+}
 
 
 def get_rule(name: str) -> Parametrization:
@@ -199,6 +369,23 @@ def rule_table(rules: Sequence[Parametrization] | None = None) -> list[dict]:
     """Return the rows of ``Parametrization.table`` for every rule (default: all of ``RULES``)."""
     rules = list(RULES.values()) if rules is None else list(rules)
     return [row for rule in rules for row in rule.table()]
+
+
+def rule_overview(path: Sequence[float] = (1.0, 1.0, 1.0), rules: Sequence[Parametrization] | None = None) -> list[dict]:
+    """Return one row per rule: its seven scalings as formulas and its ``phase_point`` on ``path``."""
+    rules = list(RULES.values()) if rules is None else list(rules)
+    rows = []
+    for rule in rules:
+        point = rule.phase_point(path)
+        rows.append({
+            "rule": rule.name,
+            **{field: getattr(rule, field).formula() for field in SCALING_FIELDS},
+            "gamma": point["residual_exponent"],
+            "lambda": point["rate_exponent"],
+            "on_plane": point["on_plane"],
+            "off_plane": point["off_plane"],
+        })
+    return rows
 
 
 # -- networks under a rule ------------------------------------------------------------------------
@@ -240,7 +427,7 @@ def initial_units(rule: Parametrization, key: jax.Array, L: int, M: int, D: int,
     return math.sqrt(values["u_variance"]) * u_LxDxM, math.sqrt(values["v_variance"]) * v_LxDxM
 
 
-def _forward(u_LxDxM, v_LxDxM, w_embed, w_unembed, x_DinxN, scales, activation: str):
+def forward_streams(u_LxDxM, v_LxDxM, w_embed, w_unembed, x_DinxN, scales, activation: str):
     """Return f, every stream H_0..H_L ((L+1) x D x N) and every pre-activation P_1..P_L (L x M x N)."""
     sigma = activation_function(activation)
     input_multiplier, residual_multiplier, output_multiplier = scales
@@ -263,7 +450,7 @@ def _general_step(u, v, w_embed, w_unembed, x, y, loss_scale, scales, rates, *, 
     """Return the loss, f, every H_l and P_l at (u, v), and (u, v) after one gradient step."""
 
     def loss_fn(units):
-        f, h_SxDxN, p_LxMxN = _forward(*units, w_embed, w_unembed, x, scales, activation)
+        f, h_SxDxN, p_LxMxN = forward_streams(*units, w_embed, w_unembed, x, scales, activation)
         return mean_squared_loss(f, y, loss_scale), (f, h_SxDxN, p_LxMxN)
 
     (loss, (f, h_SxDxN, p_LxMxN)), (grad_u, grad_v) = jax.value_and_grad(loss_fn, has_aux=True)((u, v))

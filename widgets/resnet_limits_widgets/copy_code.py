@@ -37,6 +37,13 @@ def snapshot_code(config: RunConfig, limit_settings: LimitSettings, step: int) -
     )
 
 
+def function_code(function: str, arguments: dict) -> str:
+    """Return Python code that calls the library function ``"module:name"`` with ``arguments`` as ``result``."""
+    module, name = function.split(":")
+    lines = "".join(f"    {key}={value!r},\n" for key, value in arguments.items())
+    return f"from {module} import {name}\n\nresult = {name}(\n{lines})\n"
+
+
 def code_html(code: str, css_class: str) -> str:
     """Return a read-only HTML text area that shows ``code``."""
     rows = code.count("\n") + 1

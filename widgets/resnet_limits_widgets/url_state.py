@@ -117,6 +117,66 @@ class BoolField(Field):
         return "1" if value else "0"
 
 
+@dataclasses.dataclass(frozen=True)
+class FloatField(Field):
+    """A finite number from ``minimum`` to ``maximum``; values outside are clamped with a message."""
+
+    minimum: float
+    maximum: float
+
+    def convert(self, name: str, text: str):
+        value = _parse_float(name, text)
+        if not math.isfinite(value):
+            raise ValueError(f"{name}={text!r} is invalid: it must be a finite number")
+        clamped = min(max(value, self.minimum), self.maximum)
+        if clamped != value:
+            return clamped, f"{name}={text} is outside {self.minimum:g}..{self.maximum:g}; using {name}={clamped:g}"
+        return value, None
+
+    def format(self, value) -> str:
+        return f"{value:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class IntListField(Field):
+    """Integers from ``minimum`` to ``maximum`` separated by commas, as in 4,16,64."""
+
+    minimum: int
+    maximum: int
+
+    def convert(self, name: str, text: str):
+        try:
+            values = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(f"{name}={text!r} is invalid: write integers separated by commas") from None
+        if not values:
+            raise ValueError(f"{name}={text!r} is invalid: it needs at least one integer")
+        outside = [value for value in values if not self.minimum <= value <= self.maximum]
+        if outside:
+            raise ValueError(f"{name}={text!r} is invalid: {outside} are outside {self.minimum}..{self.maximum}")
+        return sorted(set(values)), None
+
+    def format(self, value) -> str:
+        return ",".join(str(item) for item in value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChoiceListField(Field):
+    """Several of ``choices`` separated by commas."""
+
+    choices: tuple[str, ...]
+
+    def convert(self, name: str, text: str):
+        values = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = [value for value in values if value not in self.choices]
+        if not values or unknown:
+            raise ValueError(f"{name}={text!r} is invalid: choose from {', '.join(self.choices)}")
+        return list(dict.fromkeys(values)), None
+
+    def format(self, value) -> str:
+        return ",".join(value)
+
+
 def _parse_float(name: str, text: str) -> float:
     try:
         return float(text)
