@@ -16,8 +16,8 @@ rule, so two rules differ only in the seven scalings. ``RULES`` is the table of 
 * ``general-alpha``: the same model with residual scale alpha = GENERAL_ALPHA (4) in place of 1
   (``mlu(alpha)`` for any alpha), as in section 1 of the model's definition: m_res = alpha / (L M)
   and lr = L M D / alpha^2, so the function moves by O(1) per step while the units move by
-  O(1/alpha). alpha -> infinity is the lazy limit, in which training follows the linearisation
-  of the network around its initialisation.
+  O(1/alpha). alpha -> infinity is the lazy limit, in which each block is linear in its own
+  weights around their initial values (``phase`` measures the distance to that model).
 * ``completep``: CompleteP (Dey et al. 2025, arXiv 2505.01618) with muP in width (Yang and Hu
   2021, arXiv 2011.14522): fan-in variances var_U = 1/D, var_V = 1/M, no input multiplier, a
   1/L branch multiplier, the muP readout m_out = 1/D, and lr_U = lr_V = L.
