@@ -17,7 +17,7 @@ install: $(STAMP)
 
 # A page that closes asks Voila to shut its kernel down. A kernel left without any page (a crashed
 # tab, a lost connection) is shut down, with its worker process, after CULL_IDLE_SECONDS idle.
-CULL_IDLE_SECONDS ?= 600
+CULL_IDLE_SECONDS ?= 120
 CULL_FLAGS = --MappingKernelManager.cull_idle_timeout=$(CULL_IDLE_SECONDS) --MappingKernelManager.cull_interval=60
 
 app: install

@@ -68,8 +68,8 @@ def test_binder_and_make_cull_idle_kernels():
     makefile = (ROOT / "Makefile").read_text()
     post_build = (ROOT / "binder" / "postBuild").read_text()
 
-    assert config == {"cull_idle_timeout": 600, "cull_interval": 60}
-    assert "CULL_IDLE_SECONDS ?= 600" in makefile
+    assert config == {"cull_idle_timeout": 120, "cull_interval": 60}
+    assert "CULL_IDLE_SECONDS ?= 120" in makefile
     assert "--MappingKernelManager.cull_idle_timeout=$(CULL_IDLE_SECONDS)" in makefile
     assert "--MappingKernelManager.cull_interval=60" in makefile
     assert "$(CULL_FLAGS)" in makefile.split("\napp:")[1].split("\n\n")[0]

@@ -353,7 +353,7 @@ def _exit_status(status: str, diverged_at: int | None) -> int:
         return EXIT_TOLERANCE
     if status == "diverged":
         print(f"resnet-limits: the run diverged at step {diverged_at} (loss not finite, or over 1e6 times the larger of its initial value and the loss of a zero output); "
-              "lower --lr or --alpha", file=sys.stderr)
+              "lower --lr, or raise --alpha (the raw step is eta L M D / alpha^2)", file=sys.stderr)
         return EXIT_DIVERGED
     if status == "interrupted":
         return EXIT_INTERRUPTED

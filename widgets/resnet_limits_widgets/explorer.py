@@ -547,7 +547,7 @@ class ExplorerApp(BackgroundRun):
             )
             self._show_message(
                 f"Training diverged at step {comparison.diverged_at}: the loss became infinite or grew "
-                "far above its initial value. Lower the learning rate or α.",
+                "far above its initial value. Lower the learning rate, or raise α (the raw step is η L M D / α²).",
                 "warning",
             )
         elif outcome.status == "cancelled":
