@@ -22,6 +22,7 @@ from resnet_limits.sweeps import (
     ResultStore,
     StoreMismatchError,
     SweepSpec,
+    SweepStopped,
     TaskSettings,
     log_integers,
     parse_axis,
@@ -361,3 +362,41 @@ def test_real_divergence_recorded(reference, tmp_path):
     assert set(frame["status"]) == {"diverged"}
     assert len(frame) == frame["diverged_at"].iloc[0]
     assert list(frame["step"]) == list(range(len(frame)))
+
+
+def test_stop_request_ends_after_group(reference, tmp_path):
+    groups_done = []
+
+    def counting_trainer(task, config, seeds):
+        groups_done.append(config.M)
+        return group_training.train_group(task, config, seeds)
+
+    with pytest.raises(SweepStopped):
+        run_sweep(small_spec(), tmp_path, trainer=counting_trainer, should_stop=lambda: len(groups_done) == 2)
+
+    assert len(groups_done) == 2
+    assert len(ResultStore(tmp_path).finished_ids()) == 2 * len(SEEDS)
+
+
+@pytest.mark.slow
+def test_sigint_stops_sweep_cleanly(tmp_path):
+    """The first SIGINT lets the running group finish, keeps every part and exits with status 130."""
+    executable = Path(sys.executable).with_name("resnet-limits")
+    command = [str(executable)] if executable.exists() else [sys.executable, "-m", "resnet_limits.cli"]
+    process = subprocess.Popen([*command, "sweep", *CLI_AXES, "--out", str(tmp_path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    store = ResultStore(tmp_path)
+    deadline = time.monotonic() + 120
+    try:
+        while not store.finished_ids() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+
+    assert process.returncode == 130, err
+    assert "stopping after the configurations in progress" in err
+    assert "rerun the same command to resume" in err
+    finished = len(store.finished_ids())
+    assert 0 < finished < len(small_spec().configurations())

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fractions
 import json
 import math
+import signal
 import sys
+import threading
 
 from resnet_limits import bounds
 from resnet_limits.config import (
@@ -177,6 +180,34 @@ def _sweep_spec(args):
     )
 
 
+@contextlib.contextmanager
+def stop_on_interrupt():
+    """Turn the first Ctrl-C into a request to stop after the running group; a second one stops at once.
+
+    Yields the function that tells whether a stop was requested. A KeyboardInterrupt raised
+    inside XLA's callbacks was sometimes ignored, or crashed the process on exit, so the first
+    SIGINT only sets a flag that the sweep reads between groups.
+    """
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signal handlers need the main thread
+        yield requested.is_set
+        return
+
+    def handle(signum, frame):
+        if requested.is_set():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        requested.set()
+        print("\nresnet-limits: stopping after the configurations in progress; press Ctrl-C again to stop at once",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_sweep_command(args) -> int:
     from resnet_limits.sweeps import run_sweep
 
@@ -191,7 +222,9 @@ def run_sweep_command(args) -> int:
             print(progress.line(), file=sys.stderr, flush=True)
 
     try:
-        summary = run_sweep(spec, args.out, scheduler=args.scheduler, on_progress=report, memory_budget_bytes=budget)
+        with stop_on_interrupt() as should_stop:
+            summary = run_sweep(spec, args.out, scheduler=args.scheduler, on_progress=report,
+                                memory_budget_bytes=budget, should_stop=should_stop)
     except KeyboardInterrupt:
         if interactive:
             print(file=sys.stderr)
@@ -347,8 +380,9 @@ def run_reproduce_command(args) -> int:
 
     grid = reproduce.QUICK_GRID if args.quick else reproduce.PAPER_GRID
     try:
-        written = reproduce.reproduce(names, args.out, grid=grid, scheduler=args.scheduler, on_progress=report,
-                                      memory_budget_bytes=budget)
+        with stop_on_interrupt() as should_stop:
+            written = reproduce.reproduce(names, args.out, grid=grid, scheduler=args.scheduler, on_progress=report,
+                                          memory_budget_bytes=budget, should_stop=should_stop)
     except KeyboardInterrupt:
         print(f"\nresnet-limits: interrupted; rerun the same command to resume from {args.out}", file=sys.stderr)
         return 130

@@ -175,6 +175,7 @@ def reproduce(
     scheduler=None,
     on_progress: Callable | None = None,
     memory_budget_bytes: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[Path]:
     """Run the sweeps behind the named figures (resuming stored runs) and write each figure.
 
@@ -184,7 +185,7 @@ def reproduce(
     _vl_convert()  # fail before hours of sweeping, not after
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    kwargs = {"scheduler": scheduler, "on_progress": on_progress}
+    kwargs = {"scheduler": scheduler, "on_progress": on_progress, "should_stop": should_stop}
     if memory_budget_bytes is not None:
         kwargs["memory_budget_bytes"] = memory_budget_bytes
     frames = {}

@@ -16,6 +16,7 @@ from resnet_limits.sweeps.grid import (
 from resnet_limits.sweeps.runner import (
     DEFAULT_TRAINER,
     SweepProgress,
+    SweepStopped,
     SweepSummary,
     compute_group,
     run_sweep,
@@ -31,6 +32,7 @@ __all__ = [
     "StoreMismatchError",
     "SweepProgress",
     "SweepSpec",
+    "SweepStopped",
     "SweepSummary",
     "TaskSettings",
     "compute_group",

@@ -292,6 +292,10 @@ class SweepProgress:
                 f"{self.elapsed_seconds:.0f} s elapsed  {left} left")
 
 
+class SweepStopped(KeyboardInterrupt):
+    """Raised by ``run_sweep`` between two groups once its ``should_stop`` returns True."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepSummary:
     """Counts of configurations of one ``run_sweep`` call, and its duration."""
@@ -334,6 +338,7 @@ def run_sweep(
     trainer: GroupTrainer | None = None,
     on_progress: Callable[[SweepProgress], None] | None = None,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SweepSummary:
     """Run every configuration of ``spec`` that has no part in the store at ``out``, or a failed one.
 
@@ -342,6 +347,8 @@ def run_sweep(
     when ``out`` contains a sweep that ``spec`` does not cover, and MemoryBudgetError, before any
     work, when a shape's memory estimate is over ``memory_budget_bytes``. Configurations recorded
     as failed are computed again, so a sweep rerun with a larger budget completes them.
+    ``should_stop`` is asked before each group (and after each result on a cluster); once it
+    returns True the sweep raises SweepStopped, with every finished part written.
     """
     uses_default_trainer = trainer is None
     if uses_default_trainer:
@@ -386,14 +393,20 @@ def run_sweep(
         large_limits = {settings: _large_limit(store, settings, spec) for settings in {g.settings for g in pending}}
         if scheduler is None:
             for group in pending:
+                _check_stop(should_stop)
                 write(compute_group(group, large_limits[group.settings], spec.mean_ode, trainer))
         else:
-            _run_on_cluster(scheduler, pending, large_limits, spec, trainer, write)
+            _run_on_cluster(scheduler, pending, large_limits, spec, trainer, write, should_stop)
     return SweepSummary(total, skipped, counts["computed"], counts["failed"], counts["diverged"],
                         time.perf_counter() - start)
 
 
-def _run_on_cluster(scheduler, pending, large_limits, spec, trainer, write) -> None:
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop is not None and should_stop():
+        raise SweepStopped("the sweep was asked to stop")
+
+
+def _run_on_cluster(scheduler, pending, large_limits, spec, trainer, write, should_stop=None) -> None:
     """Submit the groups to a Dask cluster and write each result as it arrives."""
     try:
         import distributed
@@ -412,6 +425,7 @@ def _run_on_cluster(scheduler, pending, large_limits, spec, trainer, write) -> N
         try:
             for future in distributed.as_completed(futures):
                 write(future.result())
+                _check_stop(should_stop)
         finally:
             client.cancel(futures)
     finally:
