@@ -206,10 +206,14 @@ def test_train_divergence_exits_3(capsys):
     )
     assert status == EXIT_DIVERGED == 3
     assert "diverged at step 1" in err
+    assert "raise --alpha (the raw step is eta L M D / alpha^2)" in err
     result = json.loads(out)
     assert result["status"] == "diverged"
     assert result["diverged_at_step"] == 1
     assert [row["step"] for row in result["steps"]] == [0]
+    # Both limits diverge at this rate too, and a diverged limit gets no error estimate.
+    assert result["limit_diverged_at_step"] == {"large-D": 2, "fixed-D": 2}
+    assert result["limit_error_estimate"] == {}
 
 
 def test_limit_divergence_exits_3(capsys):

@@ -376,6 +376,18 @@ class Comparison:
             "output": float(bounds.OUTPUT_LAW.predict(L, M, D)),
         }
 
+    def limit_error_summaries(self) -> dict[str, dict]:
+        """Return ``limit_error_summary`` of each limit that did not diverge.
+
+        The levels of a diverged limit stop at different steps, so their differences say nothing
+        about its error, and such a limit gets no estimate.
+        """
+        return {
+            kind: limit_error_summary(estimate)
+            for kind, estimate in self.limit_estimates.items()
+            if kind not in self.limit_diverged_at
+        }
+
     def to_dict(self) -> dict:
         """Return the run as plain JSON-ready data."""
         config = self.config
@@ -412,9 +424,7 @@ class Comparison:
             "status": self.status,
             "diverged_at_step": self.diverged_at,
             "limit_diverged_at_step": dict(self.limit_diverged_at),
-            "limit_error_estimate": {
-                kind: limit_error_summary(estimate) for kind, estimate in self.limit_estimates.items()
-            },
+            "limit_error_estimate": self.limit_error_summaries(),
             "steps": list(self.rows),
         }
 

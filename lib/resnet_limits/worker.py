@@ -160,15 +160,12 @@ def from_json_value(value):
 
 def comparison_state(comparison) -> dict:
     """Return the state of a ``Comparison`` that a worker reports at the end of a run."""
-    from resnet_limits.experiment import limit_error_summary
 
     return {
         "status": comparison.status,
         "diverged_at": comparison.diverged_at,
         "limit_diverged_at": dict(comparison.limit_diverged_at),
-        "limit_error_estimate": {
-            kind: limit_error_summary(estimate) for kind, estimate in comparison.limit_estimates.items()
-        },
+        "limit_error_estimate": comparison.limit_error_summaries(),
     }
 
 
