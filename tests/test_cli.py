@@ -161,6 +161,8 @@ def test_limit_table(capsys):
         (["train", "--lr", "nan"], "--lr"),
         (["train", "--alpha", "inf"], "--alpha"),
         (["train", "--limit-particles", "7"], "--limit-particles"),
+        (["train", "--limit-particles", "1"], "set --limit-particles to 88 or another multiple of 8"),
+        (["limit", "--limit-particles", "0"], "set --limit-particles to 88 or another multiple of 8"),
         (["train", "--limit-depth", "0"], "--limit-depth"),
         (["train", "--memory-budget", "0"], "--memory-budget"),
         (["train", "-L", "4096", "-M", "4096", "-D", "4096"], "--memory-budget"),

@@ -27,9 +27,9 @@ from resnet_limits.config import (
     check_positive_int,
     default_limit_settings,
 )
-from resnet_limits.limits.extrapolation import ToleranceNotReached, estimate_limit
+from resnet_limits.limits.extrapolation import ToleranceNotReached, check_particles, estimate_limit
 from resnet_limits.limits.transformer import estimate_transformer_limit
-from resnet_limits.tasks import TASKS
+from resnet_limits.tasks import TASKS, get_task
 from resnet_limits.training import Trajectory
 
 EXIT_DIVERGED = 3
@@ -120,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         limit_settings = LimitSettings(
             defaults.depth_points if args.limit_depth is None else args.limit_depth,
             defaults.particles if args.limit_particles is None else args.limit_particles,
-        ).validate()
+        )
+        if isinstance(limit_settings.particles, int):
+            # The levels' rule first: it names the smallest count that works, where the checks of
+            # validate() would each suggest a count that the next check rejects.
+            check_particles(limit_settings, get_task(_task_name(args)).span_dim)
+        limit_settings = limit_settings.validate()
         budget_gib = check_positive_float("memory budget", args.memory_budget, "--memory-budget", example=2)
         budget = int(budget_gib * 2**30)
         if args.command == "train":
@@ -167,6 +172,13 @@ class _ProgressLine:
             print(file=sys.stderr, flush=True)
 
 
+def _task_name(args) -> str:
+    """Return the task of the options: --task, or the default task of --arch."""
+    if args.task is not None:
+        return args.task
+    return "seq-tanh" if args.arch == "transformer" else "paper-tanh"
+
+
 def _run_config(args, *, L: int, M: int, D: int) -> RunConfig:
     """Return the RunConfig of the options shared by both commands, with the given shape.
 
@@ -183,12 +195,8 @@ def _run_config(args, *, L: int, M: int, D: int) -> RunConfig:
             f"{options} set{'s' if len(given_options) == 1 else ''} the attention heads, which arch {arch!r} does not have; "
             f"add --arch transformer, or drop {options}"
         )
-    if args.task is not None:
-        task = args.task
-    else:
-        task = "seq-tanh" if arch == "transformer" else "paper-tanh"
     return RunConfig(
-        task=task,
+        task=_task_name(args),
         L=L,
         M=M,
         D=D,

@@ -102,19 +102,23 @@ def coupled_level_units(key: jax.Array, settings: LimitSettings, span_dim: int, 
 
 
 def check_particles(settings: LimitSettings, span_dim: int) -> None:
+    """Raise ConfigError unless the particle count splits into the coupled levels of an estimate.
+
+    The count must be a multiple of 2 LEVEL_FACTOR (antithetic pairs at every level) and leave
+    more than ``span_dim`` pairs at the finest level (moment matching); the message names the
+    smallest count that meets both.
+    """
     step = 2 * LEVEL_FACTOR
-    if settings.particles % step:
-        raise ConfigError(
-            f"particles must be a multiple of {step} to split into {LEVELS} coupled levels of antithetic "
-            f"pairs, got {settings.particles}; set --limit-particles to "
-            f"{settings.particles + step - settings.particles % step}"
-        )
-    if settings.particles // step <= span_dim:
-        smallest = step * (span_dim + 1)
-        raise ConfigError(
-            f"particles must be at least {smallest} to match moments in dimension k = {span_dim} at the "
-            f"finest level, got {settings.particles}; set --limit-particles to {smallest} or more"
-        )
+    smallest = step * (span_dim + 1)
+    particles = settings.particles
+    if particles >= smallest and particles % step == 0:
+        return
+    suggestion = max(smallest, -(-particles // step) * step)
+    raise ConfigError(
+        f"particles must be a multiple of {step} and at least {smallest} ({LEVELS} coupled levels of "
+        f"antithetic pairs, moments matched in dimension k = {span_dim}), got {particles}; "
+        f"set --limit-particles to {suggestion} or another multiple of {step} above it"
+    )
 
 
 def resnet_level_systems(problem: SpanProblem, settings: LimitSettings, *, alpha: float, activation: str, dtype: str):
