@@ -184,7 +184,7 @@ def _sweep_spec(args):
 def stop_on_interrupt():
     """Turn the first Ctrl-C into a request to stop after the running group; a second one stops at once.
 
-    Yields the function that tells whether a stop was requested. A KeyboardInterrupt raised
+    Yields the function that returns whether a stop was requested. A KeyboardInterrupt raised
     inside XLA's callbacks was sometimes ignored, or crashed the process on exit, so the first
     SIGINT only sets a flag that the sweep reads between groups.
     """
@@ -278,7 +278,7 @@ def run_fit_command(args) -> int:
     return 0
 
 
-# How the table names each --reference.
+# The name of each --reference in the table.
 REFERENCE_NAMES = {"limit": "large-D limit", "mean_ode": "fixed-D Mean ODE"}
 
 

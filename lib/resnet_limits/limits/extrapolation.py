@@ -104,8 +104,8 @@ def coupled_level_units(key: jax.Array, settings: LimitSettings, span_dim: int, 
 def check_particles(settings: LimitSettings, span_dim: int) -> None:
     """Raise ConfigError unless the particle count splits into the coupled levels of an estimate.
 
-    The count must be a multiple of 2 LEVEL_FACTOR (antithetic pairs at every level) and leave
-    more than ``span_dim`` pairs at the finest level (moment matching); the message names the
+    The count must be a multiple of 2 LEVEL_FACTOR, for antithetic pairs at every level, and leave
+    more than ``span_dim`` pairs at the finest level, for moment matching. The message names the
     smallest count that meets both.
     """
     step = 2 * LEVEL_FACTOR
