@@ -8,6 +8,7 @@ import struct
 import time
 import xml.etree.ElementTree as ElementTree
 
+import altair as alt
 import nbformat
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from nbclient import NotebookClient
 from resnet_limits import bounds, limits
 from resnet_limits.config import LimitSettings
 from resnet_limits.experiment import DEFAULT_CACHE
-from resnet_limits_widgets import CoordinateView, ExplorerApp, ShapeApp, shapes
+from resnet_limits_widgets import CoordinateView, ExplorerApp, ShapeApp, charts, shapes
 from resnet_limits_widgets.export import chart_png, chart_svg
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
@@ -365,3 +366,13 @@ def test_shapes_notebook_executes():
     assert "budget Bound over shapes of P = 1e+07" in printed
     errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == []
+
+
+def test_charts_offer_exports_without_editor():
+    """Every app builds its charts with ``chart_widget``, whose menu has no "Open in Vega Editor"."""
+    widgets_dir = pathlib.Path(charts.__file__).parent
+    raw = [path.name for path in widgets_dir.glob("*.py")
+           if path.name != "charts.py" and "alt.JupyterChart(" in path.read_text()]
+    assert raw == []
+    widget = charts.chart_widget(alt.Chart().mark_point())
+    assert widget.embed_options["actions"] == {"export": True, "source": False, "compiled": False, "editor": False}

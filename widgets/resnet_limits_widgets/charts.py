@@ -33,6 +33,16 @@ ROW_COLUMNS = {
 LAW_COLORS = {"embedding": "#1f77b4", "output": "#ff7f0e"}
 
 
+# Actions of the charts' menu: the PNG and SVG exports only. "Open in Vega Editor" sends the
+# chart to vega.github.io, which an offline classroom cannot reach.
+EMBED_OPTIONS = {"actions": {"export": True, "source": False, "compiled": False, "editor": False}}
+
+
+def chart_widget(chart: alt.TopLevelMixin) -> alt.JupyterChart:
+    """Return a JupyterChart of ``chart`` whose menu offers the exports only."""
+    return alt.JupyterChart(chart, embed_options=EMBED_OPTIONS)
+
+
 def _is_plottable(value) -> bool:
     """Return True for a finite positive number, the only values a log axis can show."""
     return value is not None and math.isfinite(value) and value > 0

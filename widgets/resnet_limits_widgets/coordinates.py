@@ -42,6 +42,7 @@ from resnet_limits.worker import ComparisonWorker
 
 from resnet_limits_widgets import coordinate_charts, url_state
 from resnet_limits_widgets.background import BackgroundRun
+from resnet_limits_widgets.charts import chart_widget
 from resnet_limits_widgets.copy_code import code_html, snapshot_code
 from resnet_limits_widgets.explorer import (
     APP_MEMORY_BUDGET_BYTES,
@@ -169,8 +170,8 @@ class CoordinateView(BackgroundRun):
         self.progress = widgets.FloatProgress(
             value=0.0, min=0.0, max=1.0, description="progress", bar_style="info"
         )
-        self.trajectory_chart = alt.JupyterChart(_empty_chart("Press Run to train the network and its limits."))
-        self.histogram_chart = alt.JupyterChart(_empty_chart(""))
+        self.trajectory_chart = chart_widget(_empty_chart("Press Run to train the network and its limits."))
+        self.histogram_chart = chart_widget(_empty_chart(""))
         self.trajectory_chart.add_class("coordinates-trajectory-chart")
         self.histogram_chart.add_class("coordinates-histogram-chart")
         self.trajectory_downloads = ChartDownloads("coordinates-trajectories")

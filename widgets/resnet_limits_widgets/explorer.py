@@ -276,11 +276,11 @@ class ExplorerApp(BackgroundRun):
         self.last_run.add_class("explorer-last-run")
 
         steps = self.task.steps
-        self.error_chart = alt.JupyterChart(
+        self.error_chart = charts.chart_widget(
             charts.error_chart(charts.error_frame([], None, steps), "No run yet", steps)
         )
         self.error_chart.add_class("explorer-error-chart")
-        self.law_chart = alt.JupyterChart(charts.law_chart(charts.law_frame([])))
+        self.law_chart = charts.chart_widget(charts.law_chart(charts.law_frame([])))
         self.law_chart.add_class("explorer-law-chart")
         self.error_downloads = ChartDownloads("explorer-errors")
         self.law_downloads = ChartDownloads("explorer-law")

@@ -31,6 +31,7 @@ from resnet_limits.worker import CallFailed, ComparisonWorker
 from resnet_limits_widgets import tables
 from resnet_limits_widgets.background import BackgroundRun
 from resnet_limits_widgets import url_state
+from resnet_limits_widgets.charts import chart_widget
 from resnet_limits_widgets.explorer import APP_MEMORY_BUDGET_BYTES, MESSAGE_STYLES, message_html
 from resnet_limits_widgets.page_cookie import xsrf_cookie
 
@@ -269,7 +270,7 @@ class LessonPanel(BackgroundRun):
                                               layout=widgets.Layout(width="220px"))
         self.status = widgets.HTML("Not run yet. Press Run.")
         self.message = widgets.HTML("")
-        self.chart = alt.JupyterChart(_empty_chart("Press Run."))
+        self.chart = chart_widget(_empty_chart("Press Run."))
         self.details = widgets.HTML("")
         for widget, name in ((self.status, "lesson-status"), (self.message, "lesson-message"),
                              (self.chart, "lesson-chart"), (self.run_button, "lesson-run"),

@@ -21,6 +21,7 @@ from resnet_limits import parametrization as pz
 from resnet_limits.config import ConfigError
 
 from resnet_limits_widgets import url_state
+from resnet_limits_widgets.charts import chart_widget
 from resnet_limits_widgets.explorer import CONTROL_LAYOUT, DESCRIPTION_STYLE, message_html
 from resnet_limits_widgets.export import ChartDownloads
 from resnet_limits_widgets.function_app import FunctionApp
@@ -213,7 +214,7 @@ class PhaseDiagramApp(FunctionApp):
         self.controls = (self.task, self.path, self.scales, self.residual_range, self.rate_range, self.steps,
                          self.learning_rate, self.seeds)
 
-        self.chart = alt.JupyterChart(alt.Chart().mark_text(text="Press Run.", fontSize=14).properties(width=460, height=40))
+        self.chart = chart_widget(alt.Chart().mark_text(text="Press Run.", fontSize=14).properties(width=460, height=40))
         self.chart.add_class("phase-chart")
         self.downloads = ChartDownloads("phase-diagram")
         self.table = widgets.HTML(value="")

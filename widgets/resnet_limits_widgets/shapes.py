@@ -26,6 +26,7 @@ from resnet_limits.sweeps import ResultStore
 from resnet_limits.sweeps.fits import select_step
 
 from resnet_limits_widgets import url_state
+from resnet_limits_widgets.charts import chart_widget
 from resnet_limits_widgets.explorer import DESCRIPTION_STYLE, message_html
 from resnet_limits_widgets.export import ChartDownloads
 from resnet_limits_widgets.page_cookie import xsrf_cookie
@@ -250,7 +251,7 @@ class ShapeApp:
         self.message.add_class("shapes-message")
         self.readout = widgets.HTML(value="")
         self.readout.add_class("shapes-readout")
-        self.chart = alt.JupyterChart(alt.Chart().mark_point())
+        self.chart = chart_widget(alt.Chart().mark_point())
         self.chart.add_class("shapes-chart")
         self.downloads = ChartDownloads("shape-landscape")
         self.link = widgets.HTML(value="")

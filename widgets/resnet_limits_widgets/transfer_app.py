@@ -19,6 +19,7 @@ from resnet_limits import transfer
 from resnet_limits.config import ConfigError
 
 from resnet_limits_widgets import url_state
+from resnet_limits_widgets.charts import chart_widget
 from resnet_limits_widgets.explorer import CONTROL_LAYOUT, DESCRIPTION_STYLE, message_html
 from resnet_limits_widgets.export import ChartDownloads
 from resnet_limits_widgets.function_app import FunctionApp
@@ -150,7 +151,7 @@ class TransferApp(FunctionApp):
         self.controls = (self.task, self.rules, self.path, self.scales, self.rate_range, self.per_octave,
                          self.steps, self.seeds)
 
-        self.chart = alt.JupyterChart(alt.Chart().mark_text(text="Press Run.", fontSize=14).properties(width=460, height=40))
+        self.chart = chart_widget(alt.Chart().mark_text(text="Press Run.", fontSize=14).properties(width=460, height=40))
         self.chart.add_class("transfer-chart")
         self.downloads = ChartDownloads("learning-rate-transfer")
         self.table = widgets.HTML(value="")
