@@ -35,8 +35,8 @@ def course_query(**values) -> str:
 
 # Each part: the notebook, its query, the index of the panel to cancel and of the panel to run,
 # the control change (selector, index within the panel, value), a text that the run must show,
-# and whether the run comes first. A cancel index of None cancels the panel that runs, after
-# setting a larger grid in its first text box. Cancel may kill the worker, and a run after it starts a
+# and whether the run comes first. A cancel index of None cancels the panel that runs. That
+# panel first gets a larger grid in its first text box. Cancel may kill the worker, and a run after it starts a
 # new one, so parts 1 and 4 cancel first and check that the page's worker process stops too;
 # parts 2 and 3 run first and save that start.
 PARTS = [

@@ -155,7 +155,9 @@ def test_call_returns_the_value_and_its_tables():
     pd.testing.assert_frame_equal(
         value["frame"], pd.DataFrame({"n": [0, 1, 2], "half": [0.0, 0.5, 1.0], "name": ["a", "a", "a"]})
     )
-    assert value["total"] == 0.25 and math.isnan(value["gap"]) and value["shape"] == [[1.0], [1.0]]
+    assert value["total"] == 0.25
+    assert math.isnan(value["gap"])
+    assert value["shape"] == [[1.0], [1.0]]
 
 
 def test_call_reports_progress_failure_and_cancel():
@@ -183,7 +185,7 @@ def test_call_reports_progress_failure_and_cancel():
     assert messages[7]["kind"] == "ValueError"
 
 
-def test_call_stops_at_the_next_progress_after_a_cancel():
+def test_call_stops_after_cancel():
     import threading
 
     started = threading.Event()
@@ -240,4 +242,5 @@ def test_worker_process_calls_a_library_function():
         worker.kill()
 
     pd.testing.assert_frame_equal(value, optimal_rates())
-    assert failure.kind == "TypeError" and "unknown" in str(failure)
+    assert failure.kind == "TypeError"
+    assert "unknown" in str(failure)

@@ -379,8 +379,8 @@ class Comparison:
     def limit_error_summaries(self) -> dict[str, dict]:
         """Return ``limit_error_summary`` of each limit that did not diverge.
 
-        The levels of a diverged limit stop at different steps, so their differences say nothing
-        about its error, and such a limit gets no estimate.
+        The levels of a diverged limit stop at different steps, so their differences do not
+        measure its error. Such a limit gets no estimate.
         """
         return {
             kind: limit_error_summary(estimate)

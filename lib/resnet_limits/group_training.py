@@ -391,10 +391,10 @@ def plan_group(config: RunConfig, num_samples: int, d_out: int, num_seeds: int,
 # -- the entry point ---------------------------------------------------------------------------
 
 
-# Compiled training functions kept at most. A sweep compiles one per shape and rarely needs it
-# again, and each one keeps about 150 memory mappings of the process (measured on CPU with jax
-# 0.10.2), so a 400-shape sweep that kept them all reached the kernel's default limit of 65530
-# mappings (vm.max_map_count) and LLVM failed with "Cannot allocate memory".
+# Maximum number of compiled training functions kept. A sweep compiles one per shape and rarely
+# needs it again. Each one keeps about 150 memory mappings of the process (measured on CPU with
+# jax 0.10.2), so a 400-shape sweep that kept them all reached the kernel's default limit of
+# 65530 mappings (vm.max_map_count), and LLVM failed with "Cannot allocate memory".
 MAX_COMPILED_SHAPES = 32
 
 

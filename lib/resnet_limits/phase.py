@@ -233,11 +233,11 @@ def diagnose(
     """Train every (rule, learning rate) of ``runs`` at shape (L, M, D) and return one dict of diagnostics per run.
 
     The embeddings and the standard Gaussian unit draws are those of ``experiment.Comparison``
-    for the same seed, scaled per rule. A dict has the rule's name, the shape, the learning
-    rate, ``loss_initial`` and ``loss_final`` (steps 0 and K), ``diverged_at`` (the first step
-    that diverged, or None), the same for each linear model (``linear_diverged_at``,
-    ``block_linear_diverged_at``) and the diagnostics of the module docstring, which are NaN
-    for a run that diverged. With ``linearised`` False the two linear models are not trained
+    for the same seed, scaled per rule. A dict contains the rule's name, the shape, the learning
+    rate, ``loss_initial`` and ``loss_final`` (steps 0 and K) and ``diverged_at`` (the first
+    step that diverged, or None). It also contains the same for each linear model
+    (``linear_diverged_at``, ``block_linear_diverged_at``) and the diagnostics of the module
+    docstring, which are NaN for a run that diverged. With ``linearised`` False the two linear models are not trained
     and their distances are NaN.
     """
     task = get_task(task) if isinstance(task, str) else task

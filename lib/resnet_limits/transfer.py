@@ -4,7 +4,7 @@ For every rule and every size n on the path L = n^p_L, M = n^p_M, D = n^p_D, ``l
 trains one network per base learning rate eta (the rule's raw rates are eta times its
 learning-rate scalings) and records the loss at step K. The optimal eta of a size is the grid
 point of least loss, refined by the vertex of the parabola through it and its two neighbours
-in log eta; an optimum on the edge of the grid is flagged. A rule transfers its learning rate
+in log eta. An optimum on the edge of the grid is flagged. A rule transfers its learning rate
 when the optimum stays put as n grows: ``drift`` is the ratio of the largest to the smallest
 optimum over the sizes, and ``drift_exponent`` the slope of log optimum against log n.
 

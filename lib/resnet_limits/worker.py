@@ -307,7 +307,7 @@ class ComparisonWorker:
 
         ``on_progress(stage, done, total)`` receives every progress message. Raises CallFailed if the
         function raised and WorkerError if the worker died. Cancelling the awaiting task cancels
-        the call (killing a worker that does not answer in time) and re-raises CancelledError.
+        the call (killing a worker that does not respond in time) and re-raises CancelledError.
         """
         call_id = self.submit_call(function, kwargs)
         value = None

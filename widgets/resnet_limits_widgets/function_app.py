@@ -7,7 +7,7 @@ responsive and Cancel stops the call within a second. ``run`` calls the function
 kernel and blocks until it returns, for scripts and tests.
 
 Invalid settings (ConfigError or ValueError, raised in the kernel or in the worker) are shown
-as a message in the page; any other failure is shown with its type and logged.
+as a message in the page. Any other failure is shown with its type and logged.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class FunctionApp(BackgroundRun):
     ``_build_run_controls`` before ``_update_link_and_code``. It implements ``arguments``
     (raise ConfigError for invalid controls), ``show`` and ``query_values``, and sets
     ``url_fields``. With ``use_worker`` False, ``start_run`` computes in the kernel. With
-    ``show_link`` False the app shows no link to its settings, for a page that holds two apps.
+    ``show_link`` False the app shows no link to its settings, for a page that contains two apps.
     """
 
     function: str

@@ -106,6 +106,7 @@ def phase_chart(cells: pd.DataFrame, points: pd.DataFrame, title: str) -> alt.La
     cells["lambda_low"], cells["lambda_high"] = _cell_edges(cells["rate_exponent"])
     x_domain = [float(cells["gamma_low"].min()), float(cells["gamma_high"].max())]
     y_domain = [float(cells["lambda_low"].min()), float(cells["lambda_high"].max())]
+
     x = alt.X("gamma_low:Q", title="gamma: residual scale alpha = n^gamma", scale=alt.Scale(domain=x_domain, nice=False))
     y = alt.Y("lambda_low:Q", title="lambda: raw learning rate eta n^lambda L M D", scale=alt.Scale(domain=y_domain, nice=False))
     heatmap = alt.Chart(cells).mark_rect(stroke="white", strokeWidth=1).encode(
@@ -124,6 +125,8 @@ def phase_chart(cells: pd.DataFrame, points: pd.DataFrame, title: str) -> alt.La
             alt.Tooltip("initial_fluctuation_exponent:Q", format=".2f"),
         ],
     )
+
+    # MLU with alpha = n^gamma and rate L M D / alpha^2: the line lambda = -2 gamma.
     gammas = np.linspace(x_domain[0], x_domain[1], 2)
     line = pd.DataFrame({"gamma": gammas, "lambda": -2 * gammas})
     line = line[(line["lambda"] >= y_domain[0] - 1) & (line["lambda"] <= y_domain[1] + 1)]
@@ -131,6 +134,8 @@ def phase_chart(cells: pd.DataFrame, points: pd.DataFrame, title: str) -> alt.La
         x=alt.X("gamma:Q", scale=alt.Scale(domain=x_domain, nice=False)),
         y=alt.Y("lambda:Q", scale=alt.Scale(domain=y_domain, nice=False)),
     )
+
+    # The rules that fall inside the grid, as labelled diamonds.
     located = point_frame(points)
     inside = located[
         located["residual_exponent"].between(*x_domain) & located["rate_exponent"].between(*y_domain)
@@ -142,6 +147,7 @@ def phase_chart(cells: pd.DataFrame, points: pd.DataFrame, title: str) -> alt.La
         y=alt.Y("rate_exponent:Q", scale=alt.Scale(domain=y_domain, nice=False)),
         tooltip=["rules:N", "measured:N", alt.Tooltip("on_plane:N", title="on the plane")],
     )
+
     return (
         alt.layer(heatmap, lazy_line, marks.encode(**encoding), labels.encode(text="rules:N", **encoding))
         .properties(width=460, height=360, title=alt.TitleParams(title, fontSize=14))

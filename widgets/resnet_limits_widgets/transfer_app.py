@@ -2,7 +2,7 @@
 
 The app calls ``resnet_limits.transfer.learning_rate_sweep`` in the worker process. One chart
 per rule draws the loss at step K against the base learning rate eta, one line per size n,
-with each size's optimum marked; a second chart draws the optimum against n. Under MLU the
+with each size's optimum marked. A second chart draws the optimum against n. Under MLU the
 optimum stays put; under the standard parametrisation it drifts. Every control starts a new
 run when it is released.
 """

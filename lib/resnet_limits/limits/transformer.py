@@ -20,7 +20,7 @@ in antithetic pairs (W_Q, W_K, W_V, W_O) and (W_Q, W_K, W_V, -W_O), and units as
 ``limits.extrapolation`` does for the ResNet: three levels L', 2 L', 4 L' share one set of heads
 and units (a coarser level pools the heads of 2 or 4 neighbouring depth points of the finest),
 two independent replicas give the Monte Carlo error, and the result carries an estimate of its
-own error. Units are moment-matched per depth point as for the ResNet; heads are not, because
+own error. Units are moment-matched per depth point as for the ResNet. Heads are not, because
 the softmax makes the drift depend on more than their first two moments.
 """
 
