@@ -169,12 +169,19 @@ def test_worker_invalid_settings_shown(worker_app, monkeypatch):
 
 
 def test_worker_cancel_within_a_second(worker_app):
-    worker_app.scales.unobserve_all()
-    worker_app.scales.value = "12, 24, 48, 64"  # long enough to still run when Cancel comes
+    # Settings that take minutes, so the run is still going when Cancel comes on any machine.
+    for control in (worker_app.scales, worker_app.steps, worker_app.seeds):
+        control.unobserve_all()
+    worker_app.scales.value = "12, 24, 32, 48, 64"
+    worker_app.steps.value = 20
+    worker_app.seeds.value = 5
 
     async def scenario():
         worker_app.start_run()
-        await asyncio.sleep(3.0)
+        deadline = time.monotonic() + 60
+        while worker_app.progress.value == 0 and time.monotonic() < deadline:  # until the worker computes
+            await asyncio.sleep(0.05)
+        assert worker_app.progress.value > 0, worker_app.status.value
         assert worker_app.running
         started = time.monotonic()
         worker_app.cancel()

@@ -20,6 +20,7 @@ from resnet_limits.config import ConfigError, LimitSettings, MemoryBudgetError
 from resnet_limits.experiment import Comparison, LimitCache
 from resnet_limits.sweeps import (
     ResultStore,
+    StoreBusyError,
     StoreMismatchError,
     SweepSpec,
     SweepStopped,
@@ -164,6 +165,34 @@ def test_store_writes_no_temporary_files(reference, tmp_path):
     store.write_part("abc", frame.head(3))
     assert sorted(path.name for path in store.parts_dir.iterdir()) == ["abc.parquet"]
     assert store.finished_ids() == {"abc"}
+
+
+def test_writer_removes_temporaries_of_killed_writers(tmp_path):
+    store = ResultStore(tmp_path)
+    store.open(small_spec())
+    leftovers = [store.parts_dir / ".abc.parquet.q5imc7qn.tmp", tmp_path / "limits" / ".def.npz.x1y2z3.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half a file")
+    kept = store.parts_dir / "notes.tmp"  # not a name that write_atomically makes
+    kept.write_text("kept")
+
+    with store.writing():
+        assert not [path for path in leftovers if path.exists()]
+    assert kept.exists()
+
+
+def test_second_writer_refused(tmp_path):
+    with ResultStore(tmp_path).writing():
+        with pytest.raises(StoreBusyError, match=f"another process is running a sweep into {tmp_path}"):
+            run_sweep(small_spec(), tmp_path, trainer=lambda *arguments: pytest.fail("trained while busy"))
+    assert os.listdir(tmp_path) == []  # no manifest was written, so the lock file went too
+
+
+def test_rejected_sweep_leaves_directory_as_it_was(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a sweep")
+    with pytest.raises(StoreMismatchError, match="without manifest.json"):
+        run_sweep(small_spec(), tmp_path)
+    assert os.listdir(tmp_path) == ["notes.txt"]
 
 
 # -- runner -----------------------------------------------------------------------------------

@@ -22,13 +22,14 @@ from resnet_limits.sweeps.runner import (
     run_sweep,
     train_group,
 )
-from resnet_limits.sweeps.store import ResultStore, StoreMismatchError
+from resnet_limits.sweeps.store import ResultStore, StoreBusyError, StoreMismatchError
 
 __all__ = [
     "DEFAULT_TRAINER",
     "Configuration",
     "Group",
     "ResultStore",
+    "StoreBusyError",
     "StoreMismatchError",
     "SweepProgress",
     "SweepSpec",

@@ -363,7 +363,13 @@ def run_sweep(
             group_training.plan_group(config.resolved(), task.num_samples, task.d_out, len(group.seeds),
                                       memory_budget_bytes)
     store = ResultStore(out)
-    spec = store.open(spec)
+    with store.writing():
+        spec = store.open(spec)
+        return _run_pending(spec, store, scheduler, trainer, on_progress, should_stop)
+
+
+def _run_pending(spec, store, scheduler, trainer, on_progress, should_stop) -> SweepSummary:
+    """Compute and write the configurations of ``spec`` that ``store`` lacks; the caller holds its lock."""
     finished = store.finished_ids() - store.failed_ids()
     total = len(spec.configurations())
     pending = _pending_groups(spec, finished)

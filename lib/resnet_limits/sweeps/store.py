@@ -5,16 +5,21 @@ Layout of a store directory:
     manifest.json             the SweepSpec (JSON) that the store was made for
     parts/<config_id>.parquet all steps of one configuration, one row per step
     limits/<hash>.npz         large-D limit trajectories, NumPy archives without pickle
+    .lock                     held by the one process that writes to the store
 
 Every file is written to a temporary file in its own directory and moved into place with
 ``os.replace``, so a reader or a restarted sweep finds either the whole file or none of it.
-A configuration whose part exists is finished, whatever its status.
+A process killed during such a write leaves its temporary file behind; the next writer removes
+it once it holds the lock. A configuration whose part exists is finished, whatever its status.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +33,9 @@ from resnet_limits.training import Trajectory
 MANIFEST = "manifest.json"
 PARTS = "parts"
 LIMITS = "limits"
+LOCK = ".lock"
+# Names of the temporary files of write_atomically: ".<final name>.<random>.tmp".
+TEMPORARY_PATTERN = ".*.tmp"
 
 # Columns of every part, in order. A failed configuration has one row with a missing step.
 COLUMNS = (
@@ -81,6 +89,10 @@ class StoreMismatchError(ConfigError):
     """A store made for a sweep spec that the requested spec does not cover."""
 
 
+class StoreBusyError(ConfigError):
+    """A store that another process is writing to."""
+
+
 def rows_to_frame(rows: list[dict]) -> pd.DataFrame:
     """Return ``rows`` as a frame with the store's columns and column types."""
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -115,7 +127,7 @@ class ResultStore:
                     "task settings are not all in the new one); choose a new --out directory, or repeat the "
                     f"sweep recorded in {manifest}"
                 )
-        elif self.path.exists() and any(self.path.iterdir()):
+        elif self.path.exists() and any(entry.name != LOCK for entry in self.path.iterdir()):
             raise StoreMismatchError(
                 f"{self.path} is a non-empty directory without {MANIFEST}; choose an empty or new --out directory"
             )
@@ -124,6 +136,38 @@ class ResultStore:
         text = json.dumps({"format": 1, "spec": spec.to_dict()}, indent=1)
         write_atomically(manifest, lambda temporary: Path(temporary).write_text(text))
         return spec
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the store's write lock, after removing the temporary files of killed writers.
+
+        Creates the directory when it is missing, and removes it again (and the lock file) when
+        the block leaves no manifest, so a rejected sweep leaves nothing behind. Raises
+        StoreBusyError when another process holds the lock: two sweeps writing to one store
+        would compute the same configurations twice.
+        """
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreBusyError(
+                    f"another process is running a sweep into {self.path}; wait for it to finish (its "
+                    "finished configurations are then skipped here), or choose another --out directory"
+                ) from None
+            try:
+                for directory in (self.parts_dir, self.path / LIMITS):
+                    for temporary in directory.glob(TEMPORARY_PATTERN):
+                        temporary.unlink(missing_ok=True)
+                yield
+            finally:
+                if not (self.path / MANIFEST).exists():
+                    lock.unlink(missing_ok=True)
+                    if created:
+                        self.path.rmdir()
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def spec(self) -> SweepSpec:
         """Return the spec recorded in the manifest."""
