@@ -315,6 +315,7 @@ def test_sweep_rejects_other_spec(capsys, tmp_path):
         (["--path", "3/2"], "outside [0, 1]"),
         (["-L", "2", "-M", "2", "-D", "12", "--seeds", "0"], "--seeds"),
         (["-L", "2", "-M", "2", "-D", "12", "--lr", "0.1,-1"], "--lr"),
+        (["-L", "2", "-M", "2", "-D", "12", "--jobs", "0"], "--jobs must be 1 or more, got 0"),
     ],
 )
 def test_sweep_invalid_input_exits_2(capsys, tmp_path, argv, message):

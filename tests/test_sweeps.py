@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 import jax
 
 from resnet_limits import group_training, limits, metrics
-from resnet_limits.config import ConfigError, LimitSettings, MemoryBudgetError
+from resnet_limits.config import ConfigError, LimitSettings, MemoryBudgetError, check_memory
 from resnet_limits.experiment import Comparison, LimitCache
 from resnet_limits.sweeps import (
     ResultStore,
@@ -249,7 +250,7 @@ def test_resume_after_injected_stop(reference, tmp_path):
         return group_training.train_group(task, config, seeds)
 
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(small_spec(), tmp_path, trainer=stopping_trainer)
+        run_sweep(small_spec(), tmp_path, trainer=stopping_trainer, jobs=1)
     assert len(ResultStore(tmp_path).finished_ids()) == 2 * len(SEEDS)
 
     def counting_trainer(task, config, seeds):
@@ -401,10 +402,73 @@ def test_stop_request_ends_after_group(reference, tmp_path):
         return group_training.train_group(task, config, seeds)
 
     with pytest.raises(SweepStopped):
-        run_sweep(small_spec(), tmp_path, trainer=counting_trainer, should_stop=lambda: len(groups_done) == 2)
+        run_sweep(small_spec(), tmp_path, trainer=counting_trainer, should_stop=lambda: len(groups_done) == 2, jobs=1)
 
     assert len(groups_done) == 2
     assert len(ResultStore(tmp_path).finished_ids()) == 2 * len(SEEDS)
+
+
+class ConcurrencyCounter:
+    """A group trainer that records how many groups it trained at the same time."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.groups = 0
+
+    def __call__(self, task, config, seeds):
+        with self.lock:
+            self.running += 1
+            self.groups += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(0.2)  # long enough for a second thread to start its group meanwhile
+            return group_training.train_group(task, config, seeds)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def group_estimate() -> int:
+    """Return the memory estimate that the sweep gives every group of ``small_spec``."""
+    spec = small_spec()
+    task = get_task("paper-tanh")
+    estimates = {check_memory(group.run_config(), task.num_samples, spec.mean_ode, task.span_dim)
+                 for group in spec.groups()}
+    assert len(estimates) == 1  # the Mean ODE's estimate, the same for every group
+    return estimates.pop()
+
+
+def test_threads_give_rows_of_one_job(reference, tmp_path):
+    run_sweep(small_spec(), tmp_path, jobs=1)
+    pd.testing.assert_frame_equal(comparable(ResultStore(tmp_path).load()), comparable(reference[0]),
+                                  check_exact=True)
+
+
+@pytest.mark.parametrize(("budget_groups", "most"), [(2.0, 2), (1.5, 1)])
+def test_threads_stay_within_memory_budget(reference, tmp_path, budget_groups, most):
+    counter = ConcurrencyCounter()
+    budget = int(budget_groups * group_estimate())
+    summary = run_sweep(small_spec(), tmp_path, trainer=counter, jobs=2, memory_budget_bytes=budget)
+    assert summary.computed == len(small_spec().configurations())
+    assert counter.most == most
+
+
+def test_stop_request_with_threads(reference, tmp_path):
+    """With two threads, a stop request lets both running groups finish and starts no other."""
+    counter = ConcurrencyCounter()
+    with pytest.raises(SweepStopped):
+        run_sweep(small_spec(), tmp_path, trainer=counter, jobs=2, should_stop=lambda: counter.groups >= 1)
+    assert counter.groups == 2
+    assert len(ResultStore(tmp_path).finished_ids()) == 2 * len(SEEDS)
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
+def test_jobs_invalid(tmp_path, jobs):
+    with pytest.raises(ConfigError, match=f"jobs must be a whole number of 1 or more, got {jobs!r}"):
+        run_sweep(small_spec(), tmp_path, jobs=jobs)
+    assert not tmp_path.joinpath("manifest.json").exists()
 
 
 @pytest.mark.slow

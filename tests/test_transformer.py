@@ -628,7 +628,7 @@ def test_sweep_trains_transformers_and_resumes(tmp_path):
         return train_group(task, config, seeds)
 
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(spec, tmp_path, trainer=stopping_trainer)
+        run_sweep(spec, tmp_path, trainer=stopping_trainer, jobs=1)
     assert len(ResultStore(tmp_path).finished_ids()) == 1
     assert (trained[0].arch, trained[0].H, trained[0].M) == ("transformer", 4, 4)
 

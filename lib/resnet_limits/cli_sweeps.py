@@ -8,6 +8,7 @@ import dataclasses
 import fractions
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -28,6 +29,11 @@ from resnet_limits.tasks import TASKS
 FIGURE_NAMES = ("tanh-error-vs-D", "tanh-error-vs-M", "tanh-error-vs-P", "linear-error-vs-D", "linear-error-vs-M")
 AXIS_HELP = "a list such as 1,4,16, or log:START:STOP:COUNT for COUNT log-spaced distinct integers"
 
+
+MEMORY_BUDGET_HELP = ("memory budget in GiB: the largest estimate accepted for one group of runs, and the most that "
+                      "groups running at the same time may use together (default %(default)s)")
+JOBS_HELP = ("groups of runs computed at the same time in this process, each in a thread (default: the number of "
+             "CPU cores it may use); ignored with --scheduler")
 
 def add_sweep_commands(commands) -> None:
     """Add the sweep, fit and shape subcommands to ``commands`` (an argparse subparsers object)."""
@@ -74,7 +80,8 @@ def add_sweep_commands(commands) -> None:
     sweep.add_argument("--mean-ode-particles", type=int, default=LimitSettings.particles,
                        help=f"particles M' per depth point of the fixed-D Mean ODE (default {LimitSettings.particles})")
     sweep.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET_BYTES / 2**30,
-                       help="largest memory estimate accepted for one run, in GiB (default %(default)s)")
+                       help=MEMORY_BUDGET_HELP)
+    sweep.add_argument("--jobs", "-j", type=int, default=None, help=JOBS_HELP)
     sweep.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
     fit = commands.add_parser(
@@ -117,7 +124,8 @@ def add_sweep_commands(commands) -> None:
                            help="M and D over log:1:64:4 and 2 seeds in place of the full grid")
     reproduce.add_argument("--scheduler", default=None, help="address of a Dask scheduler (default: run here)")
     reproduce.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET_BYTES / 2**30,
-                           help="largest memory estimate accepted for one run, in GiB (default %(default)s)")
+                           help=MEMORY_BUDGET_HELP)
+    reproduce.add_argument("--jobs", "-j", type=int, default=None, help=JOBS_HELP)
 
 
 def _parse_floats(text: str | None, name: str, option: str) -> list[float | None]:
@@ -208,6 +216,24 @@ def stop_on_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
+def _jobs(args) -> int | None:
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs must be 1 or more, got {args.jobs}; leave it out to use every CPU core")
+    return args.jobs
+
+
+def _interrupted(out) -> int:
+    """Report a second Ctrl-C and return its exit status; exit at once if sweep threads still compute."""
+    from resnet_limits.sweeps.runner import SWEEP_THREAD_PREFIX
+
+    print(f"resnet-limits: interrupted; rerun the same command to resume from {out}", file=sys.stderr, flush=True)
+    if any(thread.name.startswith(SWEEP_THREAD_PREFIX) and thread.is_alive() for thread in threading.enumerate()):
+        # Every finished part is on disk; a group in a thread cannot be stopped, only abandoned.
+        sys.stdout.flush()
+        os._exit(130)
+    return 130
+
+
 def run_sweep_command(args) -> int:
     from resnet_limits.sweeps import run_sweep
 
@@ -224,12 +250,11 @@ def run_sweep_command(args) -> int:
     try:
         with stop_on_interrupt() as should_stop:
             summary = run_sweep(spec, args.out, scheduler=args.scheduler, on_progress=report,
-                                memory_budget_bytes=budget, should_stop=should_stop)
+                                memory_budget_bytes=budget, should_stop=should_stop, jobs=_jobs(args))
     except KeyboardInterrupt:
         if interactive:
             print(file=sys.stderr)
-        print(f"resnet-limits: interrupted; rerun the same command to resume from {args.out}", file=sys.stderr)
-        return 130
+        return _interrupted(args.out)
     except OSError as error:
         if args.scheduler is None:
             raise
@@ -382,10 +407,10 @@ def run_reproduce_command(args) -> int:
     try:
         with stop_on_interrupt() as should_stop:
             written = reproduce.reproduce(names, args.out, grid=grid, scheduler=args.scheduler, on_progress=report,
-                                          memory_budget_bytes=budget, should_stop=should_stop)
+                                          memory_budget_bytes=budget, should_stop=should_stop, jobs=_jobs(args))
     except KeyboardInterrupt:
-        print(f"\nresnet-limits: interrupted; rerun the same command to resume from {args.out}", file=sys.stderr)
-        return 130
+        print(file=sys.stderr)
+        return _interrupted(args.out)
     if interactive:
         print(file=sys.stderr)
     for path in written:

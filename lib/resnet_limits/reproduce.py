@@ -176,6 +176,7 @@ def reproduce(
     on_progress: Callable | None = None,
     memory_budget_bytes: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    jobs: int | None = None,
 ) -> list[Path]:
     """Run the sweeps behind the named figures (resuming stored runs) and write each figure.
 
@@ -185,7 +186,7 @@ def reproduce(
     _vl_convert()  # fail before hours of sweeping, not after
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    kwargs = {"scheduler": scheduler, "on_progress": on_progress, "should_stop": should_stop}
+    kwargs = {"scheduler": scheduler, "on_progress": on_progress, "should_stop": should_stop, "jobs": jobs}
     if memory_budget_bytes is not None:
         kwargs["memory_budget_bytes"] = memory_budget_bytes
     frames = {}

@@ -19,6 +19,7 @@ from resnet_limits.sweeps.runner import (
     SweepStopped,
     SweepSummary,
     compute_group,
+    default_jobs,
     run_sweep,
     train_group,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "SweepSummary",
     "TaskSettings",
     "compute_group",
+    "default_jobs",
     "log_integers",
     "parse_axis",
     "run_sweep",

@@ -16,6 +16,7 @@ it once it holds the lock. A configuration whose part exists is finished, whatev
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -146,6 +147,8 @@ class ResultStore:
         StoreBusyError when another process holds the lock: two sweeps writing to one store
         would compute the same configurations twice.
         """
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.path))
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         lock = self.path / LOCK
