@@ -501,6 +501,17 @@ def test_app_runs_transformer():
     assert [row["step"] for row in app.comparison.rows] == [0, 1, 2]
 
 
+def test_app_query_string_names_heads():
+    app = TransformerExplorerApp(query_string="?L=8&H=1000&D=32&M=64", auto_run=False, compilation_cache=False,
+                                 use_worker=False)
+    assert (app.depth.value, app.width.value, app.dim.value) == (8, 1024, 32)
+    message = app.url_message.value
+    assert "H=1000 is not one of the slider&#x27;s sizes; using H=1024" in message
+    assert "unknown parameter &#x27;M&#x27; ignored" in message
+    assert "H=1024" in app.query_string()
+    assert "M=" not in app.query_string()
+
+
 @pytest.mark.slow
 def test_notebook_executes_and_slider_reruns():
     notebook = nbformat.read(REPOSITORY / "notebooks" / "transformer.ipynb", as_version=4)

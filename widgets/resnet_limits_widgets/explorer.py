@@ -158,6 +158,10 @@ class ExplorerApp(BackgroundRun):
     parameter of it that was adjusted or ignored.
     """
 
+    # The query parameters of the app, and the one among them that sets the width slider.
+    url_fields = URL_FIELDS
+    width_parameter = "M"
+
     def __init__(
         self,
         task: str = "paper-tanh",
@@ -177,7 +181,7 @@ class ExplorerApp(BackgroundRun):
         cache_dir = enable_compilation_cache() if compilation_cache else None
         alt.JupyterChart.enable_offline()
 
-        self.url_settings = url_state.parse_query(query_string, URL_FIELDS)
+        self.url_settings = url_state.parse_query(query_string, self.url_fields)
         self.task = get_task(self.url_settings.get("task", task))
         self.limit_settings = limit_settings or APP_LIMIT_SETTINGS
         self.memory_budget_bytes = memory_budget_bytes
@@ -211,7 +215,7 @@ class ExplorerApp(BackgroundRun):
         task = self.task
         url = self.url_settings
         self.depth = _size_slider("L (depth)", DEPTH_OPTIONS, url.get("L", L))
-        self.width = _size_slider("M (width)", WIDTH_OPTIONS, url.get("M", M))
+        self.width = _size_slider("M (width)", WIDTH_OPTIONS, url.get(self.width_parameter, M))
         self.dim = _size_slider("D (embedding dim.)", DIM_OPTIONS, url.get("D", D))
         self.steps = widgets.IntSlider(
             description="K (gradient steps)",
@@ -343,7 +347,7 @@ class ExplorerApp(BackgroundRun):
         values = {
             "task": config.task,
             "L": config.L,
-            "M": config.M,
+            self.width_parameter: self.width.value,
             "D": config.D,
             "K": config.K,
             "lr": config.learning_rate,
@@ -352,7 +356,7 @@ class ExplorerApp(BackgroundRun):
             "seed": config.seed,
             "auto_run": self.auto_run.value,
         }
-        return url_state.format_query(values, URL_FIELDS)
+        return url_state.format_query(values, self.url_fields)
 
     def code_text(self) -> str:
         """Return library code that reproduces a run of the current settings as ``result``."""

@@ -1,7 +1,8 @@
 """The Transformer explorer: the explorer app with an MLU Transformer in place of the ResNet.
 
 The width slider sets the heads per layer H and the perceptron width M together (M = H), so the
-three sliders are L, H and D. Everything else (runs, cancelling, charts, the worker process) is
+three sliders are L, H and D, and the query string sets the width with ``H`` (as in
+``?L=4&H=64&D=32``). Everything else (runs, cancelling, charts, the worker process) is
 the explorer's. Each limit is the extrapolated estimate of ``limits.transformer`` at the app's
 limit settings, with an estimate of its own error. The summary beside the sliders shows the
 Transformer's bound, with the attention term sqrt(D / (L H)), its parameter count and optimal
@@ -17,7 +18,7 @@ import dataclasses
 
 from resnet_limits.config import LimitSettings, RunConfig
 
-from resnet_limits_widgets.explorer import ExplorerApp
+from resnet_limits_widgets.explorer import URL_FIELDS, ExplorerApp
 from resnet_limits_widgets.summary import transformer_shape_summary_html
 
 # Coarsest L' = 4 depth points with M' = 128 heads and units each, extrapolated over L' = 4, 8, 16.
@@ -29,12 +30,19 @@ from resnet_limits_widgets.summary import transformer_shape_summary_html
 TRANSFORMER_LIMIT_SETTINGS = LimitSettings(depth_points=4, particles=128)
 
 
+# The explorer's query parameters with H, the heads per layer, in place of M.
+TRANSFORMER_URL_FIELDS = {("H" if name == "M" else name): field for name, field in URL_FIELDS.items()}
+
+
 class TransformerExplorerApp(ExplorerApp):
     """The explorer for ``MLUTransformer`` on a sequence task, with sliders for L, H (= M) and D.
 
     ``key_dim`` and ``value_dim`` set d_k and d_v of every head; the other arguments are the
     explorer's.
     """
+
+    url_fields = TRANSFORMER_URL_FIELDS
+    width_parameter = "H"
 
     def __init__(
         self,
