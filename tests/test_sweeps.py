@@ -168,7 +168,7 @@ def test_store_writes_no_temporary_files(reference, tmp_path):
     assert store.finished_ids() == {"abc"}
 
 
-def test_writer_removes_temporaries_of_killed_writers(tmp_path):
+def test_writer_removes_leftover_temporaries(tmp_path):
     store = ResultStore(tmp_path)
     store.open(small_spec())
     leftovers = [store.parts_dir / ".abc.parquet.q5imc7qn.tmp", tmp_path / "limits" / ".def.npz.x1y2z3.tmp"]
@@ -182,14 +182,14 @@ def test_writer_removes_temporaries_of_killed_writers(tmp_path):
     assert kept.exists()
 
 
-def test_second_writer_refused(tmp_path):
+def test_second_writer_rejected(tmp_path):
     with ResultStore(tmp_path).writing():
         with pytest.raises(StoreBusyError, match=f"another process is running a sweep into {tmp_path}"):
             run_sweep(small_spec(), tmp_path, trainer=lambda *arguments: pytest.fail("trained while busy"))
     assert os.listdir(tmp_path) == []  # no manifest was written, so the lock file went too
 
 
-def test_rejected_sweep_leaves_directory_as_it_was(tmp_path):
+def test_rejected_sweep_leaves_directory_unchanged(tmp_path):
     (tmp_path / "notes.txt").write_text("not a sweep")
     with pytest.raises(StoreMismatchError, match="without manifest.json"):
         run_sweep(small_spec(), tmp_path)
@@ -414,14 +414,14 @@ class ConcurrencyCounter:
     def __init__(self):
         self.lock = threading.Lock()
         self.running = 0
-        self.most = 0
+        self.max_running = 0
         self.groups = 0
 
     def __call__(self, task, config, seeds):
         with self.lock:
             self.running += 1
             self.groups += 1
-            self.most = max(self.most, self.running)
+            self.max_running = max(self.max_running, self.running)
         try:
             time.sleep(0.2)  # long enough for a second thread to start its group meanwhile
             return group_training.train_group(task, config, seeds)
@@ -446,13 +446,13 @@ def test_threads_give_rows_of_one_job(reference, tmp_path):
                                   check_exact=True)
 
 
-@pytest.mark.parametrize(("budget_groups", "most"), [(2.0, 2), (1.5, 1)])
-def test_threads_stay_within_memory_budget(reference, tmp_path, budget_groups, most):
+@pytest.mark.parametrize(("budget_groups", "max_running"), [(2.0, 2), (1.5, 1)])
+def test_threads_stay_within_memory_budget(reference, tmp_path, budget_groups, max_running):
     counter = ConcurrencyCounter()
     budget = int(budget_groups * group_estimate())
     summary = run_sweep(small_spec(), tmp_path, trainer=counter, jobs=2, memory_budget_bytes=budget)
     assert summary.computed == len(small_spec().configurations())
-    assert counter.most == most
+    assert counter.max_running == max_running
 
 
 def test_stop_request_with_threads(reference, tmp_path):
