@@ -366,6 +366,12 @@ def test_shape_on_flat_path(capsys):
     assert "exponents of P for L, M, D: 1/4, 1/4, 1/2; the bound does not decay with P (rate 0)" in out
 
 
+def test_shape_rejects_huge_budget(capsys):
+    status, _, err = run_main(capsys, ["shape", "-P", "1e300", "--json"])
+    assert status == 2
+    assert "parameter budget must be at most 1e+15, got 1e+300" in err
+
+
 def test_shape_rejects_small_budget(capsys):
     status, _, err = run_main(capsys, ["shape", "-P", "0.5"])
     assert status == 2

@@ -32,6 +32,9 @@ AXIS_HELP = "a list such as 1,4,16, or log:START:STOP:COUNT for COUNT log-spaced
 
 MEMORY_BUDGET_HELP = ("memory budget in GiB: the largest estimate accepted for one group of runs, and the most that "
                       "groups running at the same time may use together (default %(default)s)")
+# Largest budget of the shape command: 1e15 float32 weights take 4 PB, beyond any machine the bound
+# is meant to guide, and larger budgets printed integers of hundreds of digits.
+MAX_SHAPE_BUDGET = 1e15
 JOBS_HELP = ("groups of runs computed at the same time in this process, each in a thread (default: the number of "
              "CPU cores it may use); ignored with --scheduler")
 
@@ -342,6 +345,9 @@ def run_shape_command(args) -> int:
     budget = args.budget
     if not math.isfinite(budget) or budget < 1:
         raise ConfigError(f"parameter budget must be a finite number >= 1, got {budget}; set --budget, e.g. 1e6")
+    if budget > MAX_SHAPE_BUDGET:
+        raise ConfigError(f"parameter budget must be at most {MAX_SHAPE_BUDGET:.0e}, got {budget:g}; "
+                          "set --budget, e.g. 1e9")
     law = fits.law_named(args.law)
     if args.path is None:
         exponents = bounds.optimal_exponents(law.terms)
