@@ -167,7 +167,7 @@ def test_shape_app_opens_budget_and_slider_updates(browser, apps_server):  # noq
 
 
 def test_transformer_app_runs_with_error_estimate(browser, apps_server):  # noqa: F811
-    offline = open_app(browser, apps_server, "transformer.ipynb", "?L=2&M=4&D=8&K=2")
+    offline = open_app(browser, apps_server, "transformer.ipynb", "?L=2&H=4&D=8&K=2")
     page = offline.page
 
     text = wait_for_last_run(page, apps_server, "L=2, M=4, D=8, seed 0", "completed 2 steps", timeout=FIRST_RENDER_MS)

@@ -504,12 +504,18 @@ def test_app_runs_transformer():
 def test_app_query_string_names_heads():
     app = TransformerExplorerApp(query_string="?L=8&H=1000&D=32&M=64", auto_run=False, compilation_cache=False,
                                  use_worker=False)
-    assert (app.depth.value, app.width.value, app.dim.value) == (8, 1024, 32)
-    message = app.url_message.value
-    assert "H=1000 is not one of the slider&#x27;s sizes; using H=1024" in message
-    assert "unknown parameter &#x27;M&#x27; ignored" in message
+    assert (app.depth.value, app.width.value, app.dim.value) == (8, 1024, 32)  # H wins over M
+    assert "H=1000 is not one of the slider&#x27;s sizes; using H=1024" in app.url_message.value
     assert "H=1024" in app.query_string()
     assert "M=" not in app.query_string()
+
+
+def test_app_query_string_accepts_width_as_m():
+    app = TransformerExplorerApp(query_string="?L=8&M=64&D=32", auto_run=False, compilation_cache=False,
+                                 use_worker=False)
+    assert app.width.value == 64
+    assert app.url_message.value == ""
+    assert "H=64" in app.query_string()
 
 
 @pytest.mark.slow

@@ -215,7 +215,7 @@ class ExplorerApp(BackgroundRun):
         task = self.task
         url = self.url_settings
         self.depth = _size_slider("L (depth)", DEPTH_OPTIONS, url.get("L", L))
-        self.width = _size_slider("M (width)", WIDTH_OPTIONS, url.get(self.width_parameter, M))
+        self.width = _size_slider("M (width)", WIDTH_OPTIONS, url.get(self.width_parameter, url.get("M", M)))
         self.dim = _size_slider("D (embedding dim.)", DIM_OPTIONS, url.get("D", D))
         self.steps = widgets.IntSlider(
             description="K (gradient steps)",

@@ -2,7 +2,7 @@
 
 The width slider sets the heads per layer H and the perceptron width M together (M = H), so the
 three sliders are L, H and D, and the query string sets the width with ``H`` (as in
-``?L=4&H=64&D=32``). Everything else (runs, cancelling, charts, the worker process) is
+``?L=4&H=64&D=32``) or, without ``H``, with ``M``. Everything else (runs, cancelling, charts, the worker process) is
 the explorer's. Each limit is the extrapolated estimate of ``limits.transformer`` at the app's
 limit settings, with an estimate of its own error. The summary beside the sliders shows the
 Transformer's bound, with the attention term sqrt(D / (L H)), its parameter count and optimal
@@ -30,8 +30,9 @@ from resnet_limits_widgets.summary import transformer_shape_summary_html
 TRANSFORMER_LIMIT_SETTINGS = LimitSettings(depth_points=4, particles=128)
 
 
-# The explorer's query parameters with H, the heads per layer, in place of M.
-TRANSFORMER_URL_FIELDS = {("H" if name == "M" else name): field for name, field in URL_FIELDS.items()}
+# The explorer's query parameters and H, the heads per layer, which sets the width slider. M, as
+# in older links, sets it too when H is absent.
+TRANSFORMER_URL_FIELDS = {**URL_FIELDS, "H": URL_FIELDS["M"]}
 
 
 class TransformerExplorerApp(ExplorerApp):
