@@ -387,6 +387,14 @@ def test_sweep_out_file_exits_2(capsys, tmp_path):
     assert "Traceback" not in err
 
 
+def test_sweep_out_broken_link_exits_2(capsys, tmp_path):
+    target = tmp_path / "link"
+    target.symlink_to(tmp_path / "missing")
+    status, _, err = run_main(capsys, ["sweep", "--depth", "2", "--width", "2", "--dim", "2", "--out", str(target)])
+    assert status == 2
+    assert f"cannot write {target}: it is a link to a missing path" in err
+
+
 def test_sweep_over_budget_leaves_no_store(capsys, tmp_path):
     out_dir = tmp_path / "sweep"
     status, out, err = run_main(

@@ -149,6 +149,8 @@ class ResultStore:
         """
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.path))
+        if self.path.is_symlink() and not self.path.exists():
+            raise FileNotFoundError(errno.ENOENT, "it is a link to a missing path", str(self.path))
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         lock = self.path / LOCK
