@@ -58,6 +58,21 @@ def comparable(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=["wall_seconds"]).sort_values(["config_id", "step"], ignore_index=True)
 
 
+def start_cli_sweep(out, *, stderr) -> subprocess.Popen:
+    """Start ``resnet-limits sweep`` over ``CLI_AXES`` into ``out`` as a subprocess."""
+    executable = Path(sys.executable).with_name("resnet-limits")
+    command = [str(executable)] if executable.exists() else [sys.executable, "-m", "resnet_limits.cli"]
+    return subprocess.Popen([*command, "sweep", *CLI_AXES, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+
+
+def wait_for_first_part(store: ResultStore, process: subprocess.Popen, seconds: float = 120) -> None:
+    """Wait until the store has a part, the process has ended, or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while not store.finished_ids() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted in-process run of ``small_spec``: its frame and its summary."""
@@ -174,12 +189,12 @@ def test_writer_removes_leftover_temporaries(tmp_path):
     leftovers = [store.parts_dir / ".abc.parquet.q5imc7qn.tmp", tmp_path / "limits" / ".def.npz.x1y2z3.tmp"]
     for path in leftovers:
         path.write_bytes(b"half a file")
-    kept = store.parts_dir / "notes.tmp"  # not a name that write_atomically makes
-    kept.write_text("kept")
+    foreign_file = store.parts_dir / "notes.tmp"  # not a name that write_atomically makes
+    foreign_file.write_text("not a temporary file")
 
     with store.writing():
         assert not [path for path in leftovers if path.exists()]
-    assert kept.exists()
+    assert foreign_file.exists()
 
 
 def test_second_writer_rejected(tmp_path):
@@ -268,15 +283,10 @@ def test_resume_after_injected_stop(reference, tmp_path):
 @pytest.mark.slow
 def test_resume_after_sigkill(reference, tmp_path):
     """A sweep process killed with SIGKILL mid-way and rerun ends with the rows of an uninterrupted one."""
-    executable = Path(sys.executable).with_name("resnet-limits")
-    command = [str(executable)] if executable.exists() else [sys.executable, "-m", "resnet_limits.cli"]
-    process = subprocess.Popen([*command, "sweep", *CLI_AXES, "--out", str(tmp_path)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_cli_sweep(tmp_path, stderr=subprocess.DEVNULL)
     store = ResultStore(tmp_path)
-    deadline = time.monotonic() + 120
     try:
-        while not store.finished_ids() and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.02)
+        wait_for_first_part(store, process)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(timeout=30)
@@ -474,15 +484,10 @@ def test_jobs_invalid(tmp_path, jobs):
 @pytest.mark.slow
 def test_sigint_stops_sweep_cleanly(tmp_path):
     """The first SIGINT lets the running group finish, keeps every part and exits with status 130."""
-    executable = Path(sys.executable).with_name("resnet-limits")
-    command = [str(executable)] if executable.exists() else [sys.executable, "-m", "resnet_limits.cli"]
-    process = subprocess.Popen([*command, "sweep", *CLI_AXES, "--out", str(tmp_path)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = start_cli_sweep(tmp_path, stderr=subprocess.PIPE)
     store = ResultStore(tmp_path)
-    deadline = time.monotonic() + 120
     try:
-        while not store.finished_ids() and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.02)
+        wait_for_first_part(store, process)
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=120)
     finally:

@@ -32,8 +32,8 @@ AXIS_HELP = "a list such as 1,4,16, or log:START:STOP:COUNT for COUNT log-spaced
 
 MEMORY_BUDGET_HELP = ("memory budget in GiB: the largest estimate accepted for one group of runs, and the most that "
                       "groups running at the same time may use together (default %(default)s)")
-# Largest budget of the shape command: 1e15 float32 weights take 4 PB, beyond any machine the bound
-# is meant to guide, and larger budgets printed integers of hundreds of digits.
+# Largest budget of the shape command. 1e15 float32 weights take 4 PB, beyond any machine that the
+# bound is meant to guide, and larger budgets give shapes of integers with hundreds of digits.
 MAX_SHAPE_BUDGET = 1e15
 JOBS_HELP = ("groups of runs computed at the same time in this process, each in a thread (default: the number of "
              "CPU cores it may use); ignored with --scheduler")
@@ -231,7 +231,7 @@ def _interrupted(out) -> int:
 
     print(f"resnet-limits: interrupted; rerun the same command to resume from {out}", file=sys.stderr, flush=True)
     if any(thread.name.startswith(SWEEP_THREAD_PREFIX) and thread.is_alive() for thread in threading.enumerate()):
-        # Every finished part is on disk; a group in a thread cannot be stopped, only abandoned.
+        # Every finished part is on disk. A group in a thread cannot be stopped, only abandoned.
         sys.stdout.flush()
         os._exit(130)
     return 130

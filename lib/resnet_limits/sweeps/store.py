@@ -9,8 +9,8 @@ Layout of a store directory:
 
 Every file is written to a temporary file in its own directory and moved into place with
 ``os.replace``, so a reader or a restarted sweep finds either the whole file or none of it.
-A process killed during such a write leaves its temporary file behind; the next writer removes
-it once it holds the lock. A configuration whose part exists is finished, whatever its status.
+A process killed during such a write leaves its temporary file behind, and the next writer
+removes it once it holds the lock. A configuration whose part exists is finished, whatever its status.
 """
 
 from __future__ import annotations
