@@ -185,6 +185,8 @@ def test_fold_period_choice():
     assert choose_fold_period(16, 64, 64, 10, 15) == 1
     assert choose_fold_period(50, 1000, 1000, 10, 1) == 1
     assert 1 < choose_fold_period(50, 2000, 2000, 10, 1000) < 1000
+    # Thin products so cheap that a longer period would win: the period stops at the cap.
+    assert choose_fold_period(50, 10**5, 10**5, 10, 1000) == group_training.MAX_FOLD_PERIOD
 
 
 def test_sequential_seeds_match_vmap():

@@ -17,8 +17,10 @@ up to rounding. It differs from ``training.train`` in how it computes, not in wh
   so after k steps U_l = U0_l + A_l^T C_l with A_l (k N x D) and C_l (k N x M). The passes read
   U0 and V0 as read-only matrices and add thin products with the factors, so a step reads each of
   U0 and V0 twice and writes neither. Every ``fold_period`` steps the factors are added into U0
-  and V0 and start again from zero, which bounds their memory. A fold period of 1 is the direct
-  update: U and V are updated in place during the backward pass and no factors exist.
+  and V0 and start again from zero, which bounds their memory. The steps between two folds are
+  unrolled, so that step k multiplies only the k N factor rows written so far. A fold period of 1
+  is the direct update: U and V are updated in place during the backward pass and no factors
+  exist.
 
 Divergence follows ``training.DivergenceCheck``: the compiled function runs all K steps, and the
 records from the first diverged step on are dropped afterwards, as ``training.train`` drops them.
@@ -107,12 +109,12 @@ def _sigma_prime(p_NxM: jax.Array, s_NxM: jax.Array, activation: str) -> jax.Arr
 
 
 def forward_pass(
-    units: Units, h0_NxD: jax.Array, *, alpha: float | jax.Array, activation: str
+    units: Units, h0_NxD: jax.Array, *, alpha: float | jax.Array, activation: str, rows: int | None = None
 ) -> tuple[jax.Array, Streams]:
     """Return H_L (N x D) and the per-block streams, from H_0 given samples-major (N x D).
 
     Block l computes P_l = U_l^T H_{l-1} / D and H_l = H_{l-1} + alpha / (L M) V_l sigma(P_l),
-    with U_l and V_l read through their factors.
+    with U_l and V_l read through the first ``rows`` rows of their factors (all rows if None).
     """
     depth, dim, width = units.u0_LxDxM.shape
     metric = 1.0 / dim
@@ -120,7 +122,8 @@ def forward_pass(
     sigma = _sigma(activation)
 
     def block(h_NxD, weights):
-        u0_DxM, v0_DxM, au_RxD, cu_RxM, av_RxD, cv_RxM = weights
+        u0_DxM, v0_DxM, *factors = weights
+        au_RxD, cu_RxM, av_RxD, cv_RxM = (factor[:rows] for factor in factors)
         p_NxM = metric * (h_NxD @ u0_DxM + (h_NxD @ au_RxD.T) @ cu_RxM)
         s_NxM = sigma(p_NxM)
         branch_NxD = s_NxM @ v0_DxM.T + (s_NxM @ cv_RxM.T) @ av_RxD
@@ -131,18 +134,21 @@ def forward_pass(
 
 
 def backward_pass(
-    units: Units, streams: Streams, b_NxD: jax.Array, *, alpha: float | jax.Array, activation: str
+    units: Units, streams: Streams, b_NxD: jax.Array, *, alpha: float | jax.Array, activation: str,
+    rows: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Return B_l (L x N x D) and sigma'(P_l) * Q_l (L x N x M) for l = 1..L, from B_L (N x D).
 
-    B = D dJ/dH runs B_{l-1} = B_l + alpha / (L M) U_l (sigma'(P_l) * Q_l), Q_l = V_l^T B_l / D.
+    B = D dJ/dH runs B_{l-1} = B_l + alpha / (L M) U_l (sigma'(P_l) * Q_l), Q_l = V_l^T B_l / D,
+    with U_l and V_l read through the first ``rows`` rows of their factors (all rows if None).
     """
     depth, dim, width = units.u0_LxDxM.shape
     metric = 1.0 / dim
     branch_scale = alpha / (depth * width)
 
     def block(b_NxD, inputs):
-        (u0_DxM, v0_DxM, au_RxD, cu_RxM, av_RxD, cv_RxM), (p_NxM, s_NxM) = inputs
+        (u0_DxM, v0_DxM, *factors), (p_NxM, s_NxM) = inputs
+        au_RxD, cu_RxM, av_RxD, cv_RxM = (factor[:rows] for factor in factors)
         q_NxM = metric * (b_NxD @ v0_DxM + (b_NxD @ av_RxD.T) @ cv_RxM)
         c_NxM = _sigma_prime(p_NxM, s_NxM, activation) * q_NxM
         branch_NxD = c_NxM @ u0_DxM.T + (c_NxM @ cu_RxM.T) @ au_RxD
@@ -200,12 +206,13 @@ class _Problem(NamedTuple):
     alpha: jax.Array
 
 
-def _step(units: Units, problem: _Problem, row: jax.Array | None, activation: str):
+def _step(units: Units, problem: _Problem, row: int | None, activation: str):
     """Run one forward pass and one update; return the new units and the step's loss, f and H_L.
 
-    ``row`` is the first factor row that this step writes; None selects the direct update.
+    ``row`` is the number of factor rows written so far, which the passes read and after which
+    this step writes its N rows; None selects the direct update.
     """
-    h_NxD, streams = forward_pass(units, problem.h0_NxD, alpha=problem.alpha, activation=activation)
+    h_NxD, streams = forward_pass(units, problem.h0_NxD, alpha=problem.alpha, activation=activation, rows=row)
     f_NxDout, loss, g_NxDout = output_and_loss(h_NxD, problem.w_unembed_DxDout, problem.y_NxDout,
                                                problem.loss_scale)
     b_NxD = g_NxDout @ problem.w_unembed_DxDout.T
@@ -215,7 +222,8 @@ def _step(units: Units, problem: _Problem, row: jax.Array | None, activation: st
                              activation=activation)
         return units, record
 
-    b_LxNxD, c_LxNxM = backward_pass(units, streams, b_NxD, alpha=problem.alpha, activation=activation)
+    b_LxNxD, c_LxNxM = backward_pass(units, streams, b_NxD, alpha=problem.alpha, activation=activation,
+                                     rows=row)
     start = (0, row, 0)
     units = units._replace(
         au_LxRxD=jax.lax.dynamic_update_slice(units.au_LxRxD, streams.h_LxNxD, start),
@@ -227,14 +235,22 @@ def _step(units: Units, problem: _Problem, row: jax.Array | None, activation: st
 
 
 def _run_steps(units: Units, problem: _Problem, num_steps: int, factored: bool, activation: str):
-    """Run ``num_steps`` steps from factors with no rows written; return units and records."""
+    """Run ``num_steps`` steps from factors with no rows written; return units and records.
+
+    The direct update runs the steps in ``jax.lax.scan``. Factored steps are unrolled, so that
+    the number of factor rows each step reads is static: step k reads the k N rows written
+    before it rather than all of them, which halves the thin products on average. Unrolling
+    costs compile time in proportion to ``num_steps``.
+    """
+    if not factored:
+        return jax.lax.scan(lambda units, _: _step(units, problem, None, activation), units, None,
+                            length=num_steps)
     num_samples = problem.h0_NxD.shape[0]
-
-    def body(units, index):
-        row = index * num_samples if factored else None
-        return _step(units, problem, row, activation)
-
-    return jax.lax.scan(body, units, jnp.arange(num_steps))
+    records = []
+    for index in range(num_steps):
+        units, record = _step(units, problem, index * num_samples, activation)
+        records.append(record)
+    return units, jax.tree.map(lambda *parts: jnp.stack(parts), *records)
 
 
 def _fold(units: Units) -> Units:
@@ -306,6 +322,9 @@ THIN_COST = 5.7
 FOLD_COST = 7.0
 DIRECT_UPDATE_COST = 5.0
 
+# Longest fold period: the steps of a period are unrolled, so compile time grows with it.
+MAX_FOLD_PERIOD = 32
+
 # Shapes with L D M up to this many weights per matrix train their seeds together in jax.vmap.
 # Timed per step and seed on 2 shared CPU cores, 3 to 5 seeds in jax.vmap against one after another:
 # 0.04 against 0.09 ms at L = 8, M = D = 16, about equal at L = 16, M = D = 64, and 6.7 against
@@ -316,10 +335,12 @@ MAX_VMAP_WEIGHTS = 2**16
 def choose_fold_period(L: int, M: int, D: int, N: int, K: int) -> int:
     """Return the number of steps between folds of the factors; 1 selects the direct update.
 
-    The estimated cost per step of a fold period F, with R = F N factor rows, all of them
-    multiplied whether written yet or not, is 4 + THIN_COST R (D + M) / (D M) + FOLD_COST / F
-    (no fold term when F >= K). The direct update costs 4 + DIRECT_UPDATE_COST. The period with
-    the lowest cost wins. NOTE: the constants were fitted at one shape on one machine.
+    The estimated cost per step of a fold period F, with R = F N factor rows, is
+    4 + THIN_COST R (D + M) / (D M) + FOLD_COST / F (no fold term when F >= K). It prices every
+    step as if it multiplied all R rows, an upper bound, since step k of a period reads only the
+    k N rows written before it. The direct update costs 4 + DIRECT_UPDATE_COST. The period with
+    the lowest cost, at most MAX_FOLD_PERIOD, wins. NOTE: the constants were fitted at one shape
+    on one machine.
     """
     del L
     thin = THIN_COST * N * (D + M) / (D * M)
@@ -328,7 +349,7 @@ def choose_fold_period(L: int, M: int, D: int, N: int, K: int) -> int:
         fold = 0.0 if period >= K else FOLD_COST / period
         return 4 + thin * period + fold
 
-    best = min(range(2, K + 1), key=cost, default=None)
+    best = min(range(2, min(K, MAX_FOLD_PERIOD) + 1), key=cost, default=None)
     if best is None or cost(best) >= 4 + DIRECT_UPDATE_COST:
         return 1
     return best
