@@ -196,6 +196,21 @@ def test_unparsable_argument_exits_2(capsys, argv, option):
     assert option in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sweep", "-L", "2", "-M", "2", "-D", "4", "--out", ""],
+        ["reproduce", "all", "--quick", "--out", ""],
+        ["fit", " "],
+    ],
+)
+def test_empty_directory_exits_2(capsys, argv):
+    with pytest.raises(SystemExit) as error:
+        main(argv)
+    assert error.value.code == 2
+    assert "invalid directory" in capsys.readouterr().err
+
+
 def test_memory_error_reports_gib(capsys):
     status, _, err = run_main(capsys, ["train", "-L", "4096", "-M", "4096", "-D", "4096"])
     assert status == 2

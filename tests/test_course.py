@@ -2,7 +2,6 @@
 
 import pathlib
 import re
-import time
 
 import nbformat
 import pytest
@@ -64,14 +63,13 @@ def test_readme_links_every_course_notebook():
 
 
 def execute(name, extra_cells=()):
-    """Execute the notebook in a python3 kernel; return it with outputs and the seconds taken."""
+    """Execute the notebook in a python3 kernel; return it with its outputs."""
     notebook = read(name)
     notebook.cells.extend(nbformat.v4.new_code_cell(source) for source in extra_cells)
     client = NotebookClient(notebook, timeout=180, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
-    started = time.monotonic()
     client.execute()
-    return notebook, time.monotonic() - started
+    return notebook
 
 
 def outputs(notebook, output_type):
@@ -81,14 +79,13 @@ def outputs(notebook, output_type):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", COURSE)
 def test_course_notebook_executes(name):
-    notebook, seconds = execute(name, [PANELS_CHECK])
+    notebook = execute(name, [PANELS_CHECK])
 
     assert outputs(notebook, "error") == []
     printed = "".join(output.get("text", "") for output in outputs(notebook, "stream"))
     assert "panels computed" in printed
-    assert seconds < 120, f"{name} took {seconds:.0f} s"
 
 
 def test_index_executes():
-    notebook, _ = execute("index.ipynb")
+    notebook = execute("index.ipynb")
     assert outputs(notebook, "error") == []

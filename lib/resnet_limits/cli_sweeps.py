@@ -65,7 +65,7 @@ def add_sweep_commands(commands) -> None:
     sweep.add_argument("--alpha", default=None, help="residual scales alpha, separated by commas (default 1)")
     sweep.add_argument("--activation", choices=ACTIVATIONS, default=None, help="unit activation (default: the task's)")
     sweep.add_argument("--dtype", choices=DTYPES, default="float32", help="floating-point type (default float32)")
-    sweep.add_argument("--out", required=True, help="directory of the result store; created if missing")
+    sweep.add_argument("--out", required=True, type=_directory, help="directory of the result store; created if missing")
     sweep.add_argument("--scheduler", default=None,
                        help="address of a Dask scheduler, e.g. tcp://127.0.0.1:8786 (default: run in this process)")
 
@@ -95,7 +95,7 @@ def add_sweep_commands(commands) -> None:
                     "intervals from the Jacobian; and the slope of log error against log L, M and D with the "
                     "other two fixed, with 95 % intervals.",
     )
-    fit.add_argument("directory", help="result store of a sweep (its --out)")
+    fit.add_argument("directory", type=_directory, help="result store of a sweep (its --out)")
     fit.add_argument("--reference", choices=("limit", "mean_ode"), default="limit",
                      help="errors against the large-D limit (default) or the fixed-D Mean ODE")
     fit.add_argument("--step", type=int, default=None, help="step k to fit (default: the last step K of completed runs)")
@@ -122,13 +122,20 @@ def add_sweep_commands(commands) -> None:
                     "is L = 50, M and D over log:1:2000:20, 5 seeds; its largest shapes need --memory-budget 8.",
     )
     reproduce.add_argument("names", nargs="+", metavar="NAME", help="figure names, or all: " + ", ".join(FIGURE_NAMES))
-    reproduce.add_argument("--out", required=True, help="directory for the figures and their sweeps")
+    reproduce.add_argument("--out", required=True, type=_directory, help="directory for the figures and their sweeps")
     reproduce.add_argument("--quick", action="store_true",
                            help="M and D over log:1:64:4 and 2 seeds in place of the full grid")
     reproduce.add_argument("--scheduler", default=None, help="address of a Dask scheduler (default: run here)")
     reproduce.add_argument("--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET_BYTES / 2**30,
                            help=MEMORY_BUDGET_HELP)
     reproduce.add_argument("--jobs", "-j", type=int, default=None, help=JOBS_HELP)
+
+
+def _directory(text: str) -> str:
+    """Return a directory argument unchanged; reject an empty one, which would name the working directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"invalid directory {text!r}; give a path such as runs/sweep")
+    return text
 
 
 def _parse_floats(text: str | None, name: str, option: str) -> list[float | None]:
