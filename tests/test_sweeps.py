@@ -371,10 +371,20 @@ def test_trainer_memory_checked_first(tmp_path):
 def test_progress_reports(tmp_path):
     reports = []
     run_sweep(small_spec(widths=(2,), dims=(12, 16)), tmp_path, on_progress=reports.append)
-    assert [report.done for report in reports] == [0, 2, 4]
+    assert [report.done for report in reports] == [0, 0, 2, 4]
+    assert reports[1].line().endswith("(computing the large-D limit of paper-tanh, 1 of 1)")
     assert reports[-1].total == 4
     assert reports[-1].seconds_left == 0
     assert reports[-1].line().startswith("sweep 4/4 configurations")
+    assert reports[-1].stage == ""
+
+
+def test_progress_skips_stored_limit(tmp_path):
+    run_sweep(small_spec(widths=(2,), dims=(12,)), tmp_path)
+    reports = []
+    run_sweep(small_spec(widths=(2,), dims=(12, 16)), tmp_path, on_progress=reports.append)
+    assert [report.done for report in reports] == [2, 4]
+    assert all(report.stage == "" for report in reports)
 
 
 @pytest.mark.slow

@@ -286,6 +286,7 @@ class SweepProgress:
     total: int
     computed: int  # finished in this call
     elapsed_seconds: float
+    stage: str = ""  # what runs before the first configuration, such as a limit simulation
 
     @property
     def rate(self) -> float:
@@ -301,8 +302,9 @@ class SweepProgress:
 
     def line(self) -> str:
         left = "-" if self.seconds_left is None else f"{self.seconds_left:.0f} s"
-        return (f"sweep {self.done}/{self.total} configurations  {self.rate:.2f}/s  "
+        line = (f"sweep {self.done}/{self.total} configurations  {self.rate:.2f}/s  "
                 f"{self.elapsed_seconds:.0f} s elapsed  {left} left")
+        return f"{line}  ({self.stage})" if self.stage else line
 
 
 class SweepStopped(KeyboardInterrupt):
@@ -331,13 +333,18 @@ def _pending_groups(spec: SweepSpec, finished: set[str]) -> list[Group]:
     return pending
 
 
-def _large_limit(store: ResultStore, settings: TaskSettings, spec: SweepSpec) -> LargeLimit:
-    """Return the large-D limit of ``settings``, from the store if a previous run computed it."""
+def _large_limit(store: ResultStore, settings: TaskSettings, spec: SweepSpec,
+                 before_compute: Callable[[], None] = lambda: None) -> LargeLimit:
+    """Return the large-D limit of ``settings``, from the store if a previous run computed it.
+
+    Calls ``before_compute`` when the limit has to be simulated.
+    """
     key = {**settings.to_dict(), **spec.limit_dict()}
     stored = store.load_limit(key)
     if stored is not None:
         trajectory, error_estimate = stored
         return LargeLimit(trajectory.loss_K, trajectory.f_KxDoutxN, trajectory.h_KxDxN, error_estimate)
+    before_compute()
     large = compute_large_limit(settings, spec)
     store.save_limit(key, large.trajectory(), large.error_estimate)
     return large
@@ -426,9 +433,10 @@ def _run_pending(spec, store, scheduler, trainer, on_progress, should_stop, thre
     start = time.perf_counter()
     counts = {"computed": 0, "failed": 0, "diverged": 0}
 
-    def report() -> None:
+    def report(stage: str = "") -> None:
         if on_progress is not None:
-            progress = SweepProgress(skipped + counts["computed"], total, counts["computed"], time.perf_counter() - start)
+            progress = SweepProgress(skipped + counts["computed"], total, counts["computed"],
+                                     time.perf_counter() - start, stage)
             on_progress(progress)
 
     def write(results: list[tuple[str, list[dict]]]) -> None:
@@ -444,7 +452,11 @@ def _run_pending(spec, store, scheduler, trainer, on_progress, should_stop, thre
 
     report()
     if pending:
-        large_limits = {settings: _large_limit(store, settings, spec) for settings in {g.settings for g in pending}}
+        all_settings = list(dict.fromkeys(group.settings for group in pending))
+        large_limits = {}
+        for number, settings in enumerate(all_settings, start=1):
+            stage = f"computing the large-D limit of {settings.task}, {number} of {len(all_settings)}"
+            large_limits[settings] = _large_limit(store, settings, spec, lambda: report(stage))
         if scheduler is None:
 
             def run_group(group: Group) -> list[tuple[str, list[dict]]]:
