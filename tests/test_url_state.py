@@ -90,7 +90,16 @@ def test_seed_clamped_to_jax_range():
 
 
 def test_repeated_parameter_uses_last_value():
-    assert url_state.parse_query("L=4&L=8", EXPLORER_FIELDS).values == {"L": 8}
+    settings = url_state.parse_query("L=4&L=8", EXPLORER_FIELDS)
+    assert settings.values == {"L": 8}
+    assert settings.messages == ("L appears 2 times; using the last, L=8",)
+
+
+def test_repeated_invalid_value_reported_once():
+    settings = url_state.parse_query("L=4&L=x", EXPLORER_FIELDS)
+    assert "L" not in settings.values
+    assert len(settings.messages) == 2
+    assert settings.messages[0] == "L appears 2 times; using the last, L=x"
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ shows the messages in the page and opens with its defaults for the rejected para
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import html
 import math
@@ -204,14 +205,20 @@ class UrlSettings:
 def parse_query(query: str | None, fields: Mapping[str, Field]) -> UrlSettings:
     """Return the valid settings in ``query`` (with or without its leading "?") for ``fields``.
 
-    Unknown parameters, repeated parameters and invalid values are left out with a message; the
-    app keeps its default for them. The last value of a repeated parameter is used.
+    Unknown parameters and invalid values are left out with a message; the app keeps its default
+    for them. A repeated parameter takes its last value, with a message.
     """
     if not query:
         return UrlSettings({})
     values = {}
     messages = []
     pairs = urllib.parse.parse_qsl(query.lstrip("?"), keep_blank_values=True)
+    counts = collections.Counter(name for name, _ in pairs)
+    last = {name: text for name, text in pairs}
+    for name, count in counts.items():
+        if count > 1 and name in fields:
+            messages.append(f"{name} appears {count} times; using the last, {name}={last[name].strip()}")
+    pairs = list(last.items())
     for name, text in pairs:
         field = fields.get(name)
         if field is None:
