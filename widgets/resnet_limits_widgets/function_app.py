@@ -45,8 +45,8 @@ def call_in_kernel(function: str, arguments: dict, progress=None):
 class FunctionApp(BackgroundRun):
     """Run button, Cancel, progress bar, status line, message box, link and copy-as-code of one app.
 
-    A subclass sets ``function`` and ``css_prefix``, builds its controls and calls
-    ``_build_run_controls`` before ``_update_link_and_code``. It implements ``arguments``
+    A subclass sets ``function`` and ``css_prefix``, calls ``_build_run_controls``, builds its
+    controls and outputs, and passes them to ``_build_layout``. It implements ``arguments``
     (raise ConfigError for invalid controls), ``show`` and ``query_values``, and sets
     ``url_fields``. With ``use_worker`` False, ``start_run`` computes in the kernel. With
     ``show_link`` False the app shows no link to its settings, for a page that contains two apps.
@@ -78,6 +78,31 @@ class FunctionApp(BackgroundRun):
         self.code = widgets.HTML(value="")
         for widget, name in ((self.status, "status"), (self.message, "message")):
             widget.add_class(f"{self.css_prefix}-{name}")
+
+    def _build_layout(self, controls: tuple, outputs: list) -> None:
+        """Watch ``controls`` and set ``self.widget``: two columns of controls, the run row, messages, ``outputs``.
+
+        The first four controls form the left column. A control change updates the link and starts
+        a run. ``self.url_message`` must exist.
+        """
+        self.controls = controls
+        for control in controls:
+            control.observe(self._on_control, names="value")
+        self.widget = widgets.VBox([
+            widgets.HBox([widgets.VBox(list(controls[:4])), widgets.VBox(list(controls[4:]))],
+                         layout=widgets.Layout(flex_flow="row wrap")),
+            widgets.HBox([self.run_button, self.cancel_button, self.progress, self.status]),
+            self.url_message,
+            self.message,
+            *outputs,
+            self.link,
+            self.code,
+        ])
+        self._update_link_and_code()
+
+    def _on_control(self, _change) -> None:
+        self._update_link_and_code()
+        self.start_run()
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

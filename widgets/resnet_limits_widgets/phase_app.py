@@ -72,6 +72,14 @@ URL_FIELDS = {
 }
 
 
+def parse_sizes(text: str) -> list[int]:
+    """Return the sizes n written in ``text``; raise ConfigError for invalid ones or any above MAX_SCALE."""
+    scales = parse_integers(text, "sizes n")
+    if max(scales) > MAX_SCALE:
+        raise ConfigError(f"sizes n must be at most {MAX_SCALE} in the app, got {max(scales)}; use the library for larger n")
+    return scales
+
+
 def grid_values(low: float, high: float, step: float) -> list[float]:
     """Return low, low + step, ..., high (inclusive), rounded to the step's grid."""
     count = int(round((high - low) / step)) + 1
@@ -217,9 +225,6 @@ class PhaseDiagramApp(FunctionApp):
         self.seeds = widgets.IntSlider(description="seeds per size", value=url.get("seeds", len(phase.DEFAULT_SEEDS)),
                                        min=1, max=5, continuous_update=False, style=DESCRIPTION_STYLE,
                                        layout=CONTROL_LAYOUT)
-        self.controls = (self.task, self.path, self.scales, self.residual_range, self.rate_range, self.steps,
-                         self.learning_rate, self.seeds)
-
         self.chart = chart_widget(alt.Chart().mark_text(text="Press Run.", fontSize=14).properties(width=460, height=40))
         self.chart.add_class("phase-chart")
         self.downloads = ChartDownloads("phase-diagram")
@@ -227,35 +232,15 @@ class PhaseDiagramApp(FunctionApp):
         self.table.add_class("phase-table")
         self.criteria = widgets.HTML(value=self._criteria_html())
         self.url_message = widgets.HTML(value=message_html(url.message_text(), "warning"))
-        for control in self.controls:
-            control.observe(self._on_control, names="value")
-        self.widget = widgets.VBox([
-            widgets.HBox([widgets.VBox(list(self.controls[:4])), widgets.VBox(list(self.controls[4:]))],
-                         layout=widgets.Layout(flex_flow="row wrap")),
-            widgets.HBox([self.run_button, self.cancel_button, self.progress, self.status]),
-            self.url_message,
-            self.message,
-            self.chart,
-            self.downloads.widget,
-            self.table,
-            self.criteria,
-            self.link,
-            self.code,
-        ])
-        self._update_link_and_code()
-
-    def _on_control(self, _change) -> None:
-        self._update_link_and_code()
-        self.start_run()
+        controls = (self.task, self.path, self.scales, self.residual_range, self.rate_range, self.steps,
+                    self.learning_rate, self.seeds)
+        self._build_layout(controls, [self.chart, self.downloads.widget, self.table, self.criteria])
 
     def arguments(self) -> dict:
         """Return the keyword arguments of ``phase.phase_diagram`` for the current controls."""
-        scales = parse_integers(self.scales.value, "sizes n")
-        if max(scales) > MAX_SCALE:
-            raise ConfigError(f"sizes n must be at most {MAX_SCALE} in the app, got {max(scales)}; use the library for larger n")
         return {
             "task": self.task.value,
-            "scales": scales,
+            "scales": parse_sizes(self.scales.value),
             "path": list(PATHS[self.path.value][1]),
             "residual_exponents": grid_values(*self.residual_range.value, RESIDUAL_RANGE[2]),
             "rate_exponents": grid_values(*self.rate_range.value, RATE_RANGE[2]),

@@ -25,9 +25,8 @@ from resnet_limits_widgets.export import ChartDownloads
 from resnet_limits_widgets.function_app import FunctionApp
 from resnet_limits_widgets.lesson_panel import parse_integers
 from resnet_limits_widgets.tables import Column, integer, readable_table, significant, text
-from resnet_limits_widgets.phase_app import PATHS, TASKS
+from resnet_limits_widgets.phase_app import MAX_SCALE, PATHS, TASKS, parse_sizes
 
-MAX_SCALE = 64  # the largest n of a link or a text box
 LOG2_RATE_RANGE = (-16.0, 6.0)  # log2 of the smallest and largest base learning rate a control offers
 DEFAULT_LOG2_RATES = (-12.0, 4.0)
 
@@ -148,40 +147,19 @@ class TransferApp(FunctionApp):
         self.seeds = widgets.IntSlider(description="seeds per size", value=url.get("seeds", len(transfer.DEFAULT_SEEDS)),
                                        min=1, max=5, continuous_update=False, style=DESCRIPTION_STYLE,
                                        layout=CONTROL_LAYOUT)
-        self.controls = (self.task, self.rules, self.path, self.scales, self.rate_range, self.per_octave,
-                         self.steps, self.seeds)
-
         self.chart = chart_widget(alt.Chart().mark_text(text="Press Run.", fontSize=14).properties(width=460, height=40))
         self.chart.add_class("transfer-chart")
         self.downloads = ChartDownloads("learning-rate-transfer")
         self.table = widgets.HTML(value="")
         self.table.add_class("transfer-table")
         self.url_message = widgets.HTML(value=message_html(url.message_text(), "warning"))
-        for control in self.controls:
-            control.observe(self._on_control, names="value")
-        self.widget = widgets.VBox([
-            widgets.HBox([widgets.VBox(list(self.controls[:4])), widgets.VBox(list(self.controls[4:]))],
-                         layout=widgets.Layout(flex_flow="row wrap")),
-            widgets.HBox([self.run_button, self.cancel_button, self.progress, self.status]),
-            self.url_message,
-            self.message,
-            self.chart,
-            self.downloads.widget,
-            self.table,
-            self.link,
-            self.code,
-        ])
-        self._update_link_and_code()
-
-    def _on_control(self, _change) -> None:
-        self._update_link_and_code()
-        self.start_run()
+        controls = (self.task, self.rules, self.path, self.scales, self.rate_range, self.per_octave, self.steps,
+                    self.seeds)
+        self._build_layout(controls, [self.chart, self.downloads.widget, self.table])
 
     def arguments(self) -> dict:
         """Return the keyword arguments of ``transfer.learning_rate_sweep`` for the current controls."""
-        scales = parse_integers(self.scales.value, "sizes n")
-        if max(scales) > MAX_SCALE:
-            raise ConfigError(f"sizes n must be at most {MAX_SCALE} in the app, got {max(scales)}; use the library for larger n")
+        scales = parse_sizes(self.scales.value)
         if not self.rules.value:
             raise ConfigError("choose at least one rule in the list")
         low, high = self.rate_range.value
