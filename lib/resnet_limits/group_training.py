@@ -239,7 +239,7 @@ def _run_steps(units: Units, problem: _Problem, num_steps: int, factored: bool, 
 
     The direct update runs the steps in ``jax.lax.scan``. Factored steps are unrolled, so that
     the number of factor rows each step reads is static: step k reads the k N rows written
-    before it rather than all of them, which halves the thin products on average. Unrolling
+    before it rather than all of them, which about halves the thin products. Unrolling
     costs compile time in proportion to ``num_steps``.
     """
     if not factored:
@@ -322,7 +322,7 @@ THIN_COST = 5.7
 FOLD_COST = 7.0
 DIRECT_UPDATE_COST = 5.0
 
-# Longest fold period: the steps of a period are unrolled, so compile time grows with it.
+# Maximum fold period: the steps of a period are unrolled, so compile time grows with it.
 MAX_FOLD_PERIOD = 32
 
 # Shapes with L D M up to this many weights per matrix train their seeds together in jax.vmap.
