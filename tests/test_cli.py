@@ -331,6 +331,9 @@ def test_sweep_rejects_other_spec(capsys, tmp_path):
         (["-L", "2", "-M", "2", "-D", "12", "--seeds", "0"], "--seeds"),
         (["-L", "2", "-M", "2", "-D", "12", "--lr", "0.1,-1"], "--lr"),
         (["-L", "2", "-M", "2", "-D", "12", "--jobs", "0"], "--jobs must be 1 or more, got 0"),
+        (["-L", "2", "-M", "2", "-D", "12", "--seeds", "99999999999"], "seed count must be at most 10000"),
+        (["-L", "2", "-M", "2", "-D", "12", "--lr", "1,1"], "1 given more than once"),
+        (["-L", "2", "-M", "2", "-D", "12", "--alpha", "0.5,2,0.5"], "0.5 given more than once"),
     ],
 )
 def test_sweep_invalid_input_exits_2(capsys, tmp_path, argv, message):

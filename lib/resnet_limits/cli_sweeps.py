@@ -25,6 +25,8 @@ from resnet_limits.config import (
 )
 from resnet_limits.tasks import TASKS
 
+# The maximum number of seeds per shape of one sweep. The store writes one file per configuration.
+MAX_SEED_COUNT = 10_000
 # The figure registry of resnet_limits.reproduce, repeated here so building the parser imports no pandas.
 FIGURE_NAMES = ("tanh-error-vs-D", "tanh-error-vs-M", "tanh-error-vs-P", "linear-error-vs-D", "linear-error-vs-M")
 AXIS_HELP = "a list such as 1,4,16, or log:START:STOP:COUNT for COUNT log-spaced distinct integers"
@@ -147,7 +149,10 @@ def _parse_floats(text: str | None, name: str, option: str) -> list[float | None
             value = float(part)
         except ValueError:
             raise ConfigError(f"invalid {name} {part!r}; set {option} to numbers separated by commas") from None
-        values.append(check_positive_float(name, value, option))
+        value = check_positive_float(name, value, option)
+        if value in values:
+            raise ConfigError(f"invalid {option} {text!r}: {value:g} given more than once; give each value once")
+        values.append(value)
     return values
 
 
@@ -166,6 +171,9 @@ def _sweep_spec(args):
     from resnet_limits.sweeps.grid import SweepSpec, TaskSettings, parse_axis
 
     check_positive_int("seed count", args.seeds, "--seeds")
+    if args.seeds > MAX_SEED_COUNT:
+        raise ConfigError(f"seed count must be at most {MAX_SEED_COUNT}, got {args.seeds}; set --seeds to a smaller "
+                          "count, or run several sweeps into separate stores")
     settings = [
         TaskSettings(task=args.task, K=args.steps, learning_rate=lr, alpha=alpha, activation=args.activation,
                      dtype=args.dtype)
