@@ -311,6 +311,29 @@ def test_rerun_computes_nothing(reference, tmp_path):
     assert summary.skipped == len(SEEDS)
 
 
+def test_unreadable_part_computed_again(reference, tmp_path):
+    spec = small_spec(widths=(2,), dims=(12,))
+    run_sweep(spec, tmp_path)
+    store = ResultStore(tmp_path)
+    damaged = sorted(store.parts_dir.glob("*.parquet"))[0]
+    damaged.write_text("not a Parquet file")
+    with pytest.raises(ConfigError, match=f"cannot read {damaged}"):
+        store.load()
+
+    summary = run_sweep(spec, tmp_path)
+    assert summary.computed == 1
+    assert (store.parts_dir / (damaged.name + ".unreadable")).read_text() == "not a Parquet file"
+    expected = reference[0][reference[0]["M"].eq(2) & reference[0]["D"].eq(12)]
+    pd.testing.assert_frame_equal(comparable(store.load()), comparable(expected), check_exact=True)
+
+
+def test_invalid_manifest_named(tmp_path):
+    run_sweep(small_spec(widths=(2,), dims=(12,), seeds=(0,)), tmp_path)
+    (tmp_path / "manifest.json").write_text("{")
+    with pytest.raises(ConfigError, match="manifest.json is not a valid manifest"):
+        ResultStore(tmp_path).spec()
+
+
 def test_failed_group_recorded(tmp_path):
     def failing_trainer(task, config, seeds):
         if config.M == 4:

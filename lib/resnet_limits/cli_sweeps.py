@@ -285,7 +285,8 @@ def run_sweep_command(args) -> int:
     elif summary.computed == 0:
         print(f"nothing to compute: all {summary.total} configurations are already in {args.out}")
     else:
-        print(f"computed {summary.computed} configurations in {summary.seconds:.1f} s, skipped {summary.skipped} "
+        noun = "configuration" if summary.computed == 1 else "configurations"
+        print(f"computed {summary.computed} {noun} in {summary.seconds:.1f} s, skipped {summary.skipped} "
               f"already in {args.out} ({summary.total} in all); {summary.failed} failed, {summary.diverged} diverged")
     return 0
 

@@ -425,6 +425,7 @@ class _Threads:
 
 def _run_pending(spec, store, scheduler, trainer, on_progress, should_stop, threads: _Threads) -> SweepSummary:
     """Compute and write the configurations of ``spec`` that ``store`` lacks; the caller holds its lock."""
+    store.set_aside_unreadable_parts()
     finished = store.finished_ids() - store.failed_ids()
     total = len(spec.configurations())
     pending = _pending_groups(spec, finished)

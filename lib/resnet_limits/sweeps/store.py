@@ -11,6 +11,8 @@ Every file is written to a temporary file in its own directory and moved into pl
 ``os.replace``, so a reader or a restarted sweep finds either the whole file or none of it.
 A process killed during such a write leaves its temporary file behind, and the next writer
 removes it once it holds the lock. A configuration whose part exists is finished, whatever its status.
+A part that cannot be read (damaged after it was written) is renamed to
+``<config_id>.parquet.unreadable`` by the next sweep, which computes its configuration again.
 """
 
 from __future__ import annotations
@@ -19,17 +21,21 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from resnet_limits.config import ConfigError
 from resnet_limits.files import write_atomically
 from resnet_limits.sweeps.grid import SweepSpec, stable_hash
 from resnet_limits.training import Trajectory
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PARTS = "parts"
@@ -37,6 +43,7 @@ LIMITS = "limits"
 LOCK = ".lock"
 # Names of the temporary files of write_atomically: ".<final name>.<random>.tmp".
 TEMPORARY_PATTERN = ".*.tmp"
+UNREADABLE_SUFFIX = ".unreadable"
 
 # Columns of every part, in order. A failed configuration has one row with a missing step.
 COLUMNS = (
@@ -99,6 +106,16 @@ def rows_to_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     return frame.astype(_DTYPES)
 
+
+
+def _read_part(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"cannot read {path} ({error}); run the sweep command again, which sets the file aside and "
+            "computes its configuration anew"
+        ) from None
 
 
 class ResultStore:
@@ -179,7 +196,13 @@ class ResultStore:
         manifest = self.path / MANIFEST
         if not manifest.exists():
             raise ConfigError(f"{self.path} has no {MANIFEST}; pass the --out directory of a sweep")
-        return SweepSpec.from_dict(json.loads(manifest.read_text())["spec"])
+        try:
+            return SweepSpec.from_dict(json.loads(manifest.read_text())["spec"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigError(
+                f"{manifest} is not a valid manifest ({type(error).__name__}: {error}); restore it from a copy, "
+                "or run the sweep into a new --out directory"
+            ) from None
 
     def part_path(self, config_id: str) -> Path:
         return self.parts_dir / f"{config_id}.parquet"
@@ -195,6 +218,23 @@ class ResultStore:
         frame = self.load()
         return set(frame.loc[frame["status"] == "failed", "config_id"])
 
+    def set_aside_unreadable_parts(self) -> list[Path]:
+        """Rename every part whose Parquet footer cannot be read; return the new paths.
+
+        Their configurations then count as not finished. Call it while holding the lock.
+        """
+        moved = []
+        for path in sorted(self.parts_dir.glob("*.parquet")) if self.parts_dir.exists() else []:
+            try:
+                pq.read_metadata(path)
+            except (OSError, ValueError) as error:
+                aside = path.with_name(path.name + UNREADABLE_SUFFIX)
+                os.replace(path, aside)
+                logger.warning("cannot read %s (%s); renamed it to %s and computing its configuration again",
+                               path, error, aside.name)
+                moved.append(aside)
+        return moved
+
     def write_part(self, config_id: str, frame: pd.DataFrame) -> Path:
         """Write the rows of one configuration atomically and return the part's path."""
         path = self.part_path(config_id)
@@ -206,7 +246,7 @@ class ResultStore:
         paths = sorted(self.parts_dir.glob("*.parquet")) if self.parts_dir.exists() else []
         if not paths:
             return rows_to_frame([])
-        frame = pd.concat([pd.read_parquet(path) for path in paths], ignore_index=True)
+        frame = pd.concat([_read_part(path) for path in paths], ignore_index=True)
         return frame.sort_values(["config_id", "step"], ignore_index=True)
 
     # -- large-D limit trajectories -----------------------------------------------------------
