@@ -382,8 +382,9 @@ def run_shape_command(args) -> int:
         "budget": budget,
         "shape": {"L": shape.L, "M": shape.M, "D": shape.D},
         "num_parameters": shape.num_parameters,
-        "exponents": {"L": exponents.depth, "M": exponents.width, "D": exponents.dim},
-        "rate": exponents.rate,
+        # Rounded: the linear programs leave about 1e-12 of slack (0.199999999999 for 1/5).
+        "exponents": {"L": round(exponents.depth, 9), "M": round(exponents.width, 9), "D": round(exponents.dim, 9)},
+        "rate": round(exponents.rate, 9),
         "terms": terms,
         "bound": shape.bound,
     }
