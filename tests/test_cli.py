@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,8 @@ def test_train_table(capsys):
     assert all(len(row) == 6 for row in rows)
     assert all(math.isfinite(float(value)) for row in rows for value in row)
     assert "training" in err  # the progress report goes to stderr
+    assert re.search(r"large-D limit +6/6 simulations", err)
+    assert re.search(r"training +3/3 steps", err)
 
 
 def test_limit_linear_first_step(capsys):

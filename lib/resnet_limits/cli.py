@@ -221,7 +221,7 @@ def _train(args, limit_settings: LimitSettings, budget: int) -> int:
     progress = _ProgressLine(enabled=not args.json or sys.stderr.isatty())
     try:
         for event in comparison.events():
-            progress.update(event.stage, event.done, event.total)
+            progress.update(event.stage, *event.within_stage())
     except KeyboardInterrupt:
         progress.close()
         print("resnet-limits: interrupted; printing the steps computed so far", file=sys.stderr)

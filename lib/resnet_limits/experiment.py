@@ -193,6 +193,16 @@ class Progress:
     total: int
     row: dict | None = None
 
+    def within_stage(self) -> tuple[int, int, str]:
+        """Return the units done in this stage, the stage's total and their name (simulations or steps).
+
+        Training counts gradient steps: its first event, the evaluation at step 0, is 0 of K.
+        """
+        if self.stage == STAGE_TRAINING:
+            return self.done - 2 * LIMIT_UNITS - 1, self.total - 2 * LIMIT_UNITS - 1, "steps"
+        offset = 0 if self.stage == STAGE_LIMIT else LIMIT_UNITS
+        return self.done - offset, LIMIT_UNITS, "simulations"
+
     @property
     def fraction(self) -> float:
         return self.done / self.total
