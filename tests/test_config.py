@@ -132,6 +132,13 @@ def test_memory_over_budget():
     assert isinstance(error.value, ConfigError)
 
 
+def test_tiny_budget_shown_with_digits():
+    config = RunConfig(L=4, M=8, D=8).resolved()
+    task = get_task(config.task)
+    with pytest.raises(MemoryBudgetError, match=r"over the memory budget of 9\.3e-10 GiB;"):
+        check_memory(config, task.num_samples, LimitSettings(), task.span_dim, budget_bytes=1)
+
+
 def test_memory_counts_simulator():
     """The limit simulator's particles count against the budget like a network's units."""
     config = RunConfig(L=2, M=2, D=2).resolved()

@@ -26,6 +26,7 @@ from resnet_limits.config import (
     check_positive_float,
     check_positive_int,
     default_limit_settings,
+    format_gib,
 )
 from resnet_limits.limits.extrapolation import ToleranceNotReached, check_particles, estimate_limit
 from resnet_limits.limits.transformer import estimate_transformer_limit
@@ -263,7 +264,7 @@ def _limit(args, limit_settings: LimitSettings, budget: int) -> int:
         if needed > budget:
             raise MemoryBudgetError(
                 f"the limit simulator with L' = {settings.depth_points} and M' = {settings.particles} needs "
-                f"about {needed / 2**30:.2f} GiB, over the memory budget of {budget / 2**30:.2f} GiB; "
+                f"about {format_gib(needed)}, over the memory budget of {format_gib(budget)}; "
                 "raise --memory-budget, or lower --limit-depth, --limit-particles or the accuracy asked by --tol"
             )
 

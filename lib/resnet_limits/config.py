@@ -192,6 +192,12 @@ def check_positive_float(name: str, value, option: str, example: float = 0.1) ->
     return float(value)
 
 
+def format_gib(num_bytes: float) -> str:
+    """Return a size in GiB with two decimals, or two significant digits below 0.01 GiB."""
+    gib = num_bytes / 2**30
+    return f"{gib:.2f} GiB" if gib >= 0.01 else f"{gib:.2g} GiB"
+
+
 def bytes_per_float(dtype: str) -> int:
     return 8 if dtype == "float64" else 4
 
@@ -254,7 +260,7 @@ def check_memory(
     if estimate > budget_bytes:
         raise MemoryBudgetError(
             f"shape L={config.L}, M={config.M}, D={config.D} needs about "
-            f"{estimate / 2**30:.2f} GiB, over the memory budget of {budget_bytes / 2**30:.2f} GiB; "
+            f"{format_gib(estimate)}, over the memory budget of {format_gib(budget_bytes)}; "
             "reduce L, M or D, or raise the budget (--memory-budget on the command line)"
         )
     return estimate

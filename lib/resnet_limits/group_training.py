@@ -44,6 +44,7 @@ from resnet_limits.config import (
     RunConfig,
     bytes_per_float,
     check_seed,
+    format_gib,
     jax_dtype,
 )
 from resnet_limits.models import initial_units
@@ -398,8 +399,8 @@ def plan_group(config: RunConfig, num_samples: int, d_out: int, num_seeds: int,
 
     if estimate(1) > memory_budget_bytes:
         raise MemoryBudgetError(
-            f"{num_seeds} seeds of shape L={L}, M={M}, D={D} need about {estimate(1) / 2**30:.2f} GiB, "
-            f"over the memory budget of {memory_budget_bytes / 2**30:.2f} GiB; reduce L, M or D, "
+            f"{num_seeds} seeds of shape L={L}, M={M}, D={D} need about {format_gib(estimate(1))}, "
+            f"over the memory budget of {format_gib(memory_budget_bytes)}; reduce L, M or D, "
             "train fewer seeds per group, or raise memory_budget_bytes"
         )
     seeds_per_map = 1
