@@ -337,6 +337,7 @@ def test_sweep_rejects_other_spec(capsys, tmp_path):
         (["-L", "2", "-M", "2", "-D", "12", "--seeds", "99999999999"], "seed count must be at most 10000"),
         (["-L", "2", "-M", "2", "-D", "12", "--lr", "1,1"], "1 given more than once"),
         (["-L", "2", "-M", "2", "-D", "12", "--alpha", "0.5,2,0.5"], "0.5 given more than once"),
+        (["-L", "2", "-M", "2", "-D", "12", "--budgets", "1e3"], "add --path"),
     ],
 )
 def test_sweep_invalid_input_exits_2(capsys, tmp_path, argv, message):
@@ -357,7 +358,7 @@ def test_shape_table_literal(capsys):
     assert status == 0
     lines = out.splitlines()
     assert lines[0] == "embedding law, budget P = 1000000: L=10 M=1000 D=100 (P = 1000000)"
-    assert lines[1] == "exponents of P for L, M, D: 1/6, 1/2, 1/3; the bound decays as P^-1/6"
+    assert lines[1] == "exponents of P for L, M, D: 1/6, 1/2, 1/3; the bound decays as P^(-1/6)"
     assert lines[-1].split() == ["bound", "(sum)", "=", "0.344"]
 
 
@@ -441,5 +442,5 @@ def test_limit_tolerance_over_budget_exits_4(capsys):
 def test_shape_path_growing_bound_has_one_sign(capsys):
     status, out, err = run_main(capsys, ["shape", "--budget", "1e6", "--path", "0.6"])
     assert status == 0
-    assert "the bound grows as P^1/10" in out
+    assert "the bound grows as P^(1/10)" in out
     assert "P^--" not in out

@@ -327,6 +327,43 @@ def test_unreadable_part_computed_again(reference, tmp_path):
     pd.testing.assert_frame_equal(comparable(store.load()), comparable(expected), check_exact=True)
 
 
+def test_foreign_part_computed_again(reference, tmp_path):
+    spec = small_spec(widths=(2,), dims=(12,))
+    run_sweep(spec, tmp_path)
+    store = ResultStore(tmp_path)
+    first, second = sorted(store.parts_dir.glob("*.parquet"))
+    second.write_bytes(first.read_bytes())  # valid Parquet, but the rows of another configuration
+    with pytest.raises(ConfigError, match=f"belong to configuration {first.stem}, not {second.stem}"):
+        store.load()
+
+    summary = run_sweep(spec, tmp_path)
+    assert summary.computed == 1
+    expected = reference[0][reference[0]["M"].eq(2) & reference[0]["D"].eq(12)]
+    pd.testing.assert_frame_equal(comparable(store.load()), comparable(expected), check_exact=True)
+
+
+def test_damaged_limit_computed_again(reference, tmp_path):
+    spec = small_spec(widths=(2,), dims=(12,), seeds=(0,))
+    run_sweep(spec, tmp_path)
+    store = ResultStore(tmp_path)
+    (limit,) = (tmp_path / "limits").glob("*.npz")
+    limit.write_bytes(limit.read_bytes()[:500])
+    for part in store.parts_dir.glob("*.parquet"):
+        part.unlink()
+
+    summary = run_sweep(spec, tmp_path)
+    assert summary.computed == 1
+    assert (tmp_path / "limits" / (limit.name + ".unreadable")).exists()
+    assert limit.exists()
+    expected = reference[0][reference[0]["M"].eq(2) & reference[0]["D"].eq(12) & reference[0]["seed"].eq(0)]
+    pd.testing.assert_frame_equal(comparable(store.load()), comparable(expected), check_exact=True)
+
+
+def test_missing_store_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        ResultStore(tmp_path / "nowhere").spec()
+
+
 def test_invalid_manifest_named(tmp_path):
     run_sweep(small_spec(widths=(2,), dims=(12,), seeds=(0,)), tmp_path)
     (tmp_path / "manifest.json").write_text("{")
@@ -395,7 +432,8 @@ def test_progress_reports(tmp_path):
     reports = []
     run_sweep(small_spec(widths=(2,), dims=(12, 16)), tmp_path, on_progress=reports.append)
     assert [report.done for report in reports] == [0, 0, 2, 4]
-    assert reports[1].line().endswith("(computing the large-D limit of paper-tanh, 1 of 1)")
+    assert re.fullmatch(r"sweep 0/4 configurations  \d+ s elapsed  large-D limit of paper-tanh \(1 of 1\)",
+                        reports[1].line())
     assert reports[-1].total == 4
     assert reports[-1].seconds_left == 0
     assert reports[-1].line().startswith("sweep 4/4 configurations")

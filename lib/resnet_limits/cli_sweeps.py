@@ -25,6 +25,9 @@ from resnet_limits.config import (
 )
 from resnet_limits.tasks import TASKS
 
+DEFAULT_BUDGETS = "1e4,1e5,1e6"  # the parameter budgets of a --path sweep
+# The terminal control sequence that erases the rest of a progress line rewritten in place.
+CLEAR_TO_END = "\x1b[K"
 # The maximum number of seeds per shape of one sweep. The store writes one file per configuration.
 MAX_SEED_COUNT = 10_000
 # The figure registry of resnet_limits.reproduce, repeated here so building the parser imports no pandas.
@@ -58,7 +61,7 @@ def add_sweep_commands(commands) -> None:
     sweep.add_argument("--path", default=None,
                        help="instead of -L, -M and -D: the D exponent c of the path D = P^c (e.g. 1/3), with "
                             "L and M splitting the rest of each budget as the embedding bound prefers")
-    sweep.add_argument("--budgets", default="1e4,1e5,1e6",
+    sweep.add_argument("--budgets", default=None,
                        help="parameter budgets P of --path, separated by commas (default 1e4,1e5,1e6)")
     sweep.add_argument("--seeds", type=int, default=1, help="number of seeds, 0 to N-1 (default 1)")
     sweep.add_argument("--steps", "-K", type=int, default=None, help="gradient steps K (default: the task's, 15)")
@@ -188,11 +191,14 @@ def _sweep_spec(args):
         mean_ode=LimitSettings(args.mean_ode_depth, args.mean_ode_particles).validate(),
     )
     seeds = range(args.seeds)
+    if args.budgets is not None and args.path is None:
+        raise ConfigError("--budgets sets the budgets of a --path sweep; add --path, such as --path 1/3, "
+                          "or drop --budgets")
     if args.path is not None:
         if any(axis is not None for axis in (args.depth, args.width, args.dim)):
             raise ConfigError("--path sets L, M and D from the budgets; drop -L, -M and -D or drop --path")
         budgets = [check_positive_float("budget", value, "--budgets", example=1e6)
-                   for value in _parse_floats(args.budgets, "budget", "--budgets")]
+                   for value in _parse_floats(args.budgets or DEFAULT_BUDGETS, "budget", "--budgets")]
         return paths.path_spec(_parse_fraction(args.path, "--path"), budgets, seeds, **limit_kwargs)
     missing = [option for option, axis in (("-L", args.depth), ("-M", args.width), ("-D", args.dim)) if axis is None]
     if missing:
@@ -261,7 +267,7 @@ def run_sweep_command(args) -> int:
 
     def report(progress) -> None:
         if interactive:
-            print(f"\r{progress.line()}", end="", file=sys.stderr, flush=True)
+            print(f"\r{progress.line()}{CLEAR_TO_END}", end="", file=sys.stderr, flush=True)
         else:
             print(progress.line(), file=sys.stderr, flush=True)
 
@@ -397,9 +403,9 @@ def run_shape_command(args) -> int:
     if abs(exponents.rate) < 1e-9:  # the linear programs leave about 1e-12 of slack
         trend = "does not decay with P (rate 0)"
     elif exponents.rate > 0:
-        trend = f"decays as P^-{_fraction_text(exponents.rate)}"
+        trend = f"decays as P^(-{_fraction_text(exponents.rate)})"
     else:
-        trend = f"grows as P^{_fraction_text(-exponents.rate)}"
+        trend = f"grows as P^({_fraction_text(-exponents.rate)})"
     print(f"exponents of P for L, M, D: {exps}; the bound {trend}")
     for term in terms:
         print(f"  {term['formula']:<16} = {term['value']:<10.4g} x {term['constant']:<5g} = {term['weighted']:.4g}")
@@ -423,7 +429,7 @@ def run_reproduce_command(args) -> int:
     interactive = sys.stderr.isatty()
 
     def report(progress) -> None:
-        print(("\r" if interactive else "") + progress.line(), end="" if interactive else "\n", file=sys.stderr,
+        print(f"\r{progress.line()}{CLEAR_TO_END}" if interactive else progress.line(), end="" if interactive else "\n", file=sys.stderr,
               flush=True)
 
     grid = reproduce.QUICK_GRID if args.quick else reproduce.PAPER_GRID

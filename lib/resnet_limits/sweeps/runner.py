@@ -301,10 +301,12 @@ class SweepProgress:
         return (self.total - self.done) / self.rate
 
     def line(self) -> str:
+        """Return the progress as one line; with a stage, the stage in place of the rate and time left."""
+        counts = f"sweep {self.done}/{self.total} configurations  "
+        if self.stage:
+            return f"{counts}{self.elapsed_seconds:.0f} s elapsed  {self.stage}"
         left = "-" if self.seconds_left is None else f"{self.seconds_left:.0f} s"
-        line = (f"sweep {self.done}/{self.total} configurations  {self.rate:.2f}/s  "
-                f"{self.elapsed_seconds:.0f} s elapsed  {left} left")
-        return f"{line}  ({self.stage})" if self.stage else line
+        return f"{counts}{self.rate:.2f}/s  {self.elapsed_seconds:.0f} s elapsed  {left} left"
 
 
 class SweepStopped(KeyboardInterrupt):
@@ -456,7 +458,7 @@ def _run_pending(spec, store, scheduler, trainer, on_progress, should_stop, thre
         all_settings = list(dict.fromkeys(group.settings for group in pending))
         large_limits = {}
         for number, settings in enumerate(all_settings, start=1):
-            stage = f"computing the large-D limit of {settings.task}, {number} of {len(all_settings)}"
+            stage = f"large-D limit of {settings.task} ({number} of {len(all_settings)})"
             large_limits[settings] = _large_limit(store, settings, spec, lambda: report(stage))
         if scheduler is None:
 

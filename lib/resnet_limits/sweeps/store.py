@@ -11,8 +11,9 @@ Every file is written to a temporary file in its own directory and moved into pl
 ``os.replace``, so a reader or a restarted sweep finds either the whole file or none of it.
 A process killed during such a write leaves its temporary file behind, and the next writer
 removes it once it holds the lock. A configuration whose part exists is finished, whatever its status.
-A part that cannot be read (damaged after it was written) is renamed to
-``<config_id>.parquet.unreadable`` by the next sweep, which computes its configuration again.
+A part or limit that cannot be read, or a part whose rows are not its configuration's (damaged
+or replaced after it was written), is renamed with the suffix ``.unreadable`` by the next sweep,
+which computes it again.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import fcntl
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,14 +110,34 @@ def rows_to_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 
+def _check_part(path: Path) -> None:
+    """Raise ValueError or OSError unless ``path`` is a Parquet part of the configuration its name gives."""
+    missing = [name for name in COLUMNS if name not in pq.read_schema(path).names]
+    if missing:
+        raise ValueError(f"columns {', '.join(missing)} are missing")
+    ids = set(pq.read_table(path, columns=["config_id"]).column("config_id").to_pylist())
+    if ids != {path.stem}:
+        raise ValueError(f"its rows belong to configuration {', '.join(sorted(map(str, ids))) or 'none'}, "
+                         f"not {path.stem}")
+
+
 def _read_part(path: Path) -> pd.DataFrame:
     try:
+        _check_part(path)
         return pd.read_parquet(path)
     except (OSError, ValueError) as error:
         raise ConfigError(
             f"cannot read {path} ({error}); run the sweep command again, which sets the file aside and "
             "computes its configuration anew"
         ) from None
+
+
+def _set_aside(path: Path, error: Exception, next_step: str) -> Path:
+    """Rename an unreadable store file with UNREADABLE_SUFFIX, log why, and return its new path."""
+    aside = path.with_name(path.name + UNREADABLE_SUFFIX)
+    os.replace(path, aside)
+    logger.warning("cannot read %s (%s); renamed it to %s and %s", path, error, aside.name, next_step)
+    return aside
 
 
 class ResultStore:
@@ -194,6 +216,8 @@ class ResultStore:
     def spec(self) -> SweepSpec:
         """Return the spec recorded in the manifest."""
         manifest = self.path / MANIFEST
+        if not self.path.exists():
+            raise ConfigError(f"{self.path} does not exist; pass the --out directory of a sweep")
         if not manifest.exists():
             raise ConfigError(f"{self.path} has no {MANIFEST}; pass the --out directory of a sweep")
         try:
@@ -219,20 +243,16 @@ class ResultStore:
         return set(frame.loc[frame["status"] == "failed", "config_id"])
 
     def set_aside_unreadable_parts(self) -> list[Path]:
-        """Rename every part whose Parquet footer cannot be read; return the new paths.
+        """Rename every part that is not a readable part of its configuration; return the new paths.
 
         Their configurations then count as not finished. Call it while holding the lock.
         """
         moved = []
         for path in sorted(self.parts_dir.glob("*.parquet")) if self.parts_dir.exists() else []:
             try:
-                pq.read_metadata(path)
+                _check_part(path)
             except (OSError, ValueError) as error:
-                aside = path.with_name(path.name + UNREADABLE_SUFFIX)
-                os.replace(path, aside)
-                logger.warning("cannot read %s (%s); renamed it to %s and computing its configuration again",
-                               path, error, aside.name)
-                moved.append(aside)
+                moved.append(_set_aside(path, error, "computing its configuration again"))
         return moved
 
     def write_part(self, config_id: str, frame: pd.DataFrame) -> Path:
@@ -259,15 +279,20 @@ class ResultStore:
         path = self.limit_path(key)
         if not path.exists():
             return None
-        with np.load(path, allow_pickle=False) as archive:
-            diverged_at = int(archive["diverged_at"])
-            trajectory = Trajectory(
-                loss_K=archive["loss_K"],
-                f_KxDoutxN=archive["f_KxDoutxN"],
-                h_KxDxN=archive["h_KxDxN"],
-                diverged_at=None if diverged_at < 0 else diverged_at,
-            )
-            return trajectory, float(archive["error_estimate"])
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                diverged_at = int(archive["diverged_at"])
+                trajectory = Trajectory(
+                    loss_K=archive["loss_K"],
+                    f_KxDoutxN=archive["f_KxDoutxN"],
+                    h_KxDxN=archive["h_KxDxN"],
+                    diverged_at=None if diverged_at < 0 else diverged_at,
+                )
+                return trajectory, float(archive["error_estimate"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            # A damaged archive is set aside, so the caller computes the limit again.
+            _set_aside(path, error, "computing the limit again")
+            return None
 
     def save_limit(self, key: dict, trajectory: Trajectory, error_estimate: float) -> None:
         path = self.limit_path(key)
