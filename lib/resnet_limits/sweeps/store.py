@@ -46,6 +46,8 @@ LOCK = ".lock"
 # Names of the temporary files of write_atomically: ".<final name>.<random>.tmp".
 TEMPORARY_PATTERN = ".*.tmp"
 UNREADABLE_SUFFIX = ".unreadable"
+# The columns that every part has, whatever version of the store wrote it.
+PART_KEY_COLUMNS = ("config_id", "step", "status")
 
 # Columns of every part, in order. A failed configuration has one row with a missing step.
 COLUMNS = (
@@ -112,7 +114,7 @@ def rows_to_frame(rows: list[dict]) -> pd.DataFrame:
 
 def _check_part(path: Path) -> None:
     """Raise ValueError or OSError unless ``path`` is a Parquet part of the configuration its name gives."""
-    missing = [name for name in COLUMNS if name not in pq.read_schema(path).names]
+    missing = [name for name in PART_KEY_COLUMNS if name not in pq.read_schema(path).names]
     if missing:
         raise ValueError(f"columns {', '.join(missing)} are missing")
     ids = set(pq.read_table(path, columns=["config_id"]).column("config_id").to_pylist())
