@@ -62,7 +62,7 @@ def add_sweep_commands(commands) -> None:
                        help="instead of -L, -M and -D: the D exponent c of the path D = P^c (e.g. 1/3), with "
                             "L and M splitting the rest of each budget as the embedding bound prefers")
     sweep.add_argument("--budgets", default=None,
-                       help="parameter budgets P of --path, separated by commas (default 1e4,1e5,1e6)")
+                       help=f"parameter budgets P of --path, separated by commas (default {DEFAULT_BUDGETS})")
     sweep.add_argument("--seeds", type=int, default=1, help="number of seeds, 0 to N-1 (default 1)")
     sweep.add_argument("--steps", "-K", type=int, default=None, help="gradient steps K (default: the task's, 15)")
     sweep.add_argument("--lr", default=None,
@@ -429,8 +429,10 @@ def run_reproduce_command(args) -> int:
     interactive = sys.stderr.isatty()
 
     def report(progress) -> None:
-        print(f"\r{progress.line()}{CLEAR_TO_END}" if interactive else progress.line(), end="" if interactive else "\n", file=sys.stderr,
-              flush=True)
+        if interactive:
+            print(f"\r{progress.line()}{CLEAR_TO_END}", end="", file=sys.stderr, flush=True)
+        else:
+            print(progress.line(), file=sys.stderr, flush=True)
 
     grid = reproduce.QUICK_GRID if args.quick else reproduce.PAPER_GRID
     try:

@@ -277,7 +277,10 @@ class ResultStore:
         return self.path / LIMITS / f"{stable_hash(key)}.npz"
 
     def load_limit(self, key: dict) -> tuple[Trajectory, float] | None:
-        """Return a stored limit trajectory and its error estimate, or None."""
+        """Return a stored limit trajectory and its error estimate, or None.
+
+        A damaged archive is renamed with UNREADABLE_SUFFIX and gives None. Call it while holding the lock.
+        """
         path = self.limit_path(key)
         if not path.exists():
             return None
